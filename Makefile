@@ -1,0 +1,29 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# Both create .venv at the repository root if it is missing, install pagrob into it (editable), then do their job.
+# GPU users: `make test TORCH_SPEC="torch torchvision"` takes whatever CUDA build pip chooses.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.pagrob-installed
+OUT ?= runs/demo
+
+.PHONY: demo test env clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pagrob demo --out $(OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache
