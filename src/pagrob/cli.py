@@ -1,0 +1,102 @@
+"""The `pagrob` command: demo | train | evaluate | report. Thin: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pagrob.attacks import PerturbationError
+from pagrob.config import ConfigError, load_config
+from pagrob.data import DatasetError
+from pagrob.runs import RunError
+
+USER_ERRORS = (ConfigError, DatasetError, RunError, PerturbationError, FileNotFoundError)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pagrob.demo import run_demo
+
+    report = run_demo(Path(args.out), progress=not args.quiet, only=args.only)
+    print(f"report: {report}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pagrob.train import train
+
+    cfg = load_config(args.config, args.set)
+    out = train(cfg, Path(args.out), progress=not args.quiet)
+    print(json.dumps(json.loads((out / "results.json").read_text()), indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pagrob.evaluate import pgd_results
+    from pagrob.runs import load_run, write_json
+
+    run = load_run(args.run_dir)
+    cfg = run.config.eval
+    if args.norm:
+        cfg.norms = [args.norm]
+    if args.eps is not None:
+        for norm in cfg.norms:
+            setattr(cfg, f"eps_{norm}", [args.eps])
+    if args.n is not None:
+        cfg.n = args.n
+    data = run.dataset()
+    x, y = run.test_set()
+    rows = pgd_results(run.model, x, y, cfg, data.bounds, progress=not args.quiet)
+    results = run.results
+    results["robust_accuracy"] = results.get("robust_accuracy", []) + rows
+    write_json(run.path / "results.json", results)
+    print(json.dumps(rows, indent=2))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pagrob.report import write_report
+
+    print(f"report: {write_report([Path(d) for d in args.run_dirs], Path(args.out))}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pagrob", description=__doc__)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train and evaluate the offline demo runs, write a report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--only", nargs="*", help="run only these demo runs (names from pagrob.demo.RUNS)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train (and evaluate) one run from a YAML config")
+    p.add_argument("--config", help="YAML file; defaults are used where it is silent")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="attack a trained run and append to its results.json")
+    p.add_argument("run_dir")
+    p.add_argument("--norm", choices=["l2", "linf"])
+    p.add_argument("--eps", type=float)
+    p.add_argument("--n", type=int, help="attack the first N test images")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write report.md for one or more run folders")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as err:
+        print(f"pagrob: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

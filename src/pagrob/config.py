@@ -1,0 +1,233 @@
+"""Typed run configuration: dataclasses, YAML load/save, `--set key=value` overrides, validation.
+
+Every error a user can cause here is a `ConfigError` with one message that names the fix, raised
+before any long work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote that cannot be run."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy2d"  # toy2d | digits | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH
+    data_dir: str = "data"
+    download: bool = False  # let torchvision download CIFAR/STL (needs internet)
+    augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "auto"  # auto | mlp | cnn | resnet18 | vit
+    width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
+
+
+@dataclass
+class PagConfig:
+    source: str = "none"  # none | oi | cm | nn | exact | store:PATH
+    lam: float = 1.0  # weight of the PAG term
+    k: int = 0  # target classes sampled per image; 0 means all classes
+    sigma: float = 5.0  # noise level of the `exact` toy2d source
+    nn_sample: int = 200  # images per class searched by the `nn` source
+    seed: int = 0  # chooses the OI images and the NN sample
+
+
+@dataclass
+class AdvConfig:
+    method: str = "none"  # none | pgd (Madry adversarial training)
+    norm: str = "l2"  # l2 | linf
+    eps: float = 0.5
+    steps: int = 7
+    step_size: float = 0.0  # 0 means 2.5 * eps / steps
+    random_start: bool = True
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, lr x0.1
+
+
+@dataclass
+class EvalConfig:
+    norms: list[str] = field(default_factory=lambda: ["l2"])
+    eps_l2: list[float] = field(default_factory=lambda: [0.5])
+    eps_linf: list[float] = field(default_factory=lambda: [8 / 255])
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    n: int = 0  # test images evaluated under attack, the first n in order; 0 means all
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pag: PagConfig = field(default_factory=PagConfig)
+    adv: AdvConfig = field(default_factory=AdvConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def method(self) -> str:
+        """Short label for tables: vanilla, pag-<source>, at-<norm>, at+pag-<source>."""
+        pag = "" if self.pag.source == "none" else f"pag-{self.pag.source.split(':')[0]}"
+        at = "" if self.adv.method == "none" else f"at-{self.adv.norm}"
+        return "+".join(p for p in (at, pag) if p) or "vanilla"
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Dotted names of every settable leaf, e.g. `pag.lam`."""
+    keys = []
+    for f in fields(cls):
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if sub is not None and is_dataclass(sub):
+            keys += valid_keys(sub, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(keys)}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
+    elif isinstance(default, list) and isinstance(value, (list, int, float, str)):
+        items = value if isinstance(value, list) else [value]
+        kind = type(default[0]) if default else type(items[0])
+        try:
+            return [kind(v) for v in items]
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"config key '{key}' expects {type(default).__name__}, got {value!r}")
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key, coercing the value to the field's type."""
+    *path, leaf = key.split(".")
+    node: Any = cfg
+    for part in path:
+        if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            raise _unknown_key(key)
+        node = getattr(node, part)
+    if not is_dataclass(node) or leaf not in {f.name for f in fields(node)} or is_dataclass(getattr(node, leaf)):
+        raise _unknown_key(key)
+    setattr(node, leaf, _coerce(key, value, getattr(node, leaf)))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def from_dict(tree: dict) -> Config:
+    cfg = Config()
+    for key, value in _flatten(tree).items():
+        set_key(cfg, key, value)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or start from defaults) and apply `key=value` overrides, then validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
+    cfg = from_dict(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. pag.lam=0.5")
+        key, raw = item.split("=", 1)
+        set_key(cfg, key.strip(), yaml.safe_load(raw))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that need no data; dataset-dependent checks live where the data is known."""
+    _check(cfg.pag.lam >= 0, f"pag.lam must be >= 0, got {cfg.pag.lam}")
+    _check(cfg.pag.k >= 0, f"pag.k must be >= 0 (0 = all classes), got {cfg.pag.k}")
+    _check(cfg.pag.sigma > 0, f"pag.sigma must be > 0, got {cfg.pag.sigma}")
+    _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
+    src = cfg.pag.source
+    _check(src in ("none", "oi", "cm", "nn", "exact") or src.startswith("store:"),
+           f"pag.source must be none, oi, cm, nn, exact or store:PATH, got '{src}'")
+    _check(cfg.adv.method in ("none", "pgd"), f"adv.method must be none or pgd, got '{cfg.adv.method}'")
+    _check(cfg.adv.norm in ("l2", "linf"), f"adv.norm must be l2 or linf, got '{cfg.adv.norm}'")
+    _check(cfg.adv.eps >= 0, f"adv.eps must be >= 0, got {cfg.adv.eps}")
+    _check(cfg.adv.steps >= 1, f"adv.steps must be >= 1, got {cfg.adv.steps}")
+    _check(cfg.adv.step_size >= 0, f"adv.step_size must be >= 0, got {cfg.adv.step_size}")
+    _check(cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
+    _check(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
+    _check(cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}")
+    _check(all(0 < m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in (0, 1]")
+    _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
+    _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")
+    _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")
+    _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
+    _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
+           f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
+    _check(cfg.model.arch in ("auto", "mlp", "cnn", "resnet18", "vit"),
+           f"model.arch must be auto, mlp, cnn, resnet18 or vit, got '{cfg.model.arch}'")
+    _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+           f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
