@@ -41,16 +41,20 @@ class PagConfig:
     sigma: float = 5.0  # noise level of the `exact` toy2d source
     nn_sample: int = 200  # images per class searched by the `nn` source
     seed: int = 0  # chooses the OI images and the NN sample
+    # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
+    lam_warmup_fraction: float = 0.0
+    lam_warmup_scale: float = 1.0
 
 
 @dataclass
 class AdvConfig:
-    method: str = "none"  # none | pgd (Madry adversarial training)
+    method: str = "none"  # none | pgd (Madry adversarial training) | trades (Zhang et al. 2019)
     norm: str = "l2"  # l2 | linf
     eps: float = 0.5
     steps: int = 7
     step_size: float = 0.0  # 0 means 2.5 * eps / steps
     random_start: bool = True
+    trades_beta: float = 6.0  # TRADES: weight of KL(p(x) || p(x')) beside the clean cross-entropy
 
 
 @dataclass
@@ -88,9 +92,9 @@ class Config:
 
     @property
     def method(self) -> str:
-        """Short label for tables: vanilla, pag-<source>, at-<norm>, at+pag-<source>."""
+        """Short label for tables: vanilla, pag-<source>, at-<norm>, trades-<norm>, at-<norm>+pag-<source>."""
         pag = "" if self.pag.source == "none" else f"pag-{self.pag.source.split(':')[0]}"
-        at = "" if self.adv.method == "none" else f"at-{self.adv.norm}"
+        at = {"none": "", "pgd": f"at-{self.adv.norm}", "trades": f"trades-{self.adv.norm}"}[self.adv.method]
         return "+".join(p for p in (at, pag) if p) or "vanilla"
 
 
@@ -211,7 +215,10 @@ def validate(cfg: Config) -> None:
     src = cfg.pag.source
     _check(src in ("none", "oi", "cm", "nn", "exact") or src.startswith("store:"),
            f"pag.source must be none, oi, cm, nn, exact or store:PATH, got '{src}'")
-    _check(cfg.adv.method in ("none", "pgd"), f"adv.method must be none or pgd, got '{cfg.adv.method}'")
+    _check(0 <= cfg.pag.lam_warmup_fraction <= 1, f"pag.lam_warmup_fraction must be in [0, 1], got {cfg.pag.lam_warmup_fraction}")
+    _check(cfg.pag.lam_warmup_scale >= 0, f"pag.lam_warmup_scale must be >= 0, got {cfg.pag.lam_warmup_scale}")
+    _check(cfg.adv.method in ("none", "pgd", "trades"), f"adv.method must be none, pgd or trades, got '{cfg.adv.method}'")
+    _check(cfg.adv.trades_beta >= 0, f"adv.trades_beta must be >= 0, got {cfg.adv.trades_beta}")
     _check(cfg.adv.norm in ("l2", "linf"), f"adv.norm must be l2 or linf, got '{cfg.adv.norm}'")
     _check(cfg.adv.eps >= 0, f"adv.eps must be >= 0, got {cfg.adv.eps}")
     _check(cfg.adv.steps >= 1, f"adv.steps must be >= 1, got {cfg.adv.steps}")

@@ -40,9 +40,20 @@ def class_input_gradients(logits: Tensor, x: Tensor, target_classes: Tensor, cre
     return grads.transpose(0, 1)
 
 
+def _unit_scale(v: Tensor) -> Tensor:
+    """v divided by its largest |entry| (a constant, detached): cosine is scale-invariant, and this keeps
+    tiny gradients (|g| ~ 1e-20 for confident predictions) from underflowing in the norms."""
+    return v / v.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
+
+
 def cosine_per_target(grads: Tensor, target_grads: Tensor) -> Tensor:
-    """(B, k) cosine between each model gradient and its target, flattened over the input dimensions."""
-    return F.cosine_similarity(grads.flatten(2), target_grads.flatten(2).to(grads.dtype), dim=-1, eps=1e-12)
+    """(B, k) cosine between each model gradient and its target, flattened over the input dimensions.
+
+    A zero vector has cosine 0 with anything.
+    """
+    g = _unit_scale(grads.flatten(2))
+    t = _unit_scale(target_grads.flatten(2).to(grads.dtype))
+    return (g * t).sum(-1) / (g.norm(dim=-1) * t.norm(dim=-1)).clamp_min(1e-12)
 
 
 def _check_shapes(x: Tensor, target_grads: Tensor, target_classes: Tensor) -> None:

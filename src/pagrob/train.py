@@ -2,12 +2,16 @@
 
 loss = CE(f(x'), y) + lam * mean_j (1 - cos(grad_x log p(t_j | x), g(x, t_j)))
 where x' is x (vanilla, PAG) or its PGD adversary (AT), and the PAG term is always taken at the clean x.
+TRADES replaces the CE at x' by CE(f(x), y) + beta * KL(f(x) || f(x')).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,16 +20,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pagrob.attacks import PGD
-from pagrob.config import Config, ConfigError, save_config
+from pagrob.attacks.trades import TradesAdversary
+from pagrob import checkpoint, distributed
+from pagrob.config import Config, ConfigError, PagConfig, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment, resolve_mode
 from pagrob.evaluate import alignment_score, clean_accuracy, pgd_results
 from pagrob.losses import pag_terms, sample_target_classes
 from pagrob.models import build_model, default_arch
-from pagrob.runs import save_model, write_json
+from pagrob.runs import RunError, save_model, write_json
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
 ALIGNMENT_IMAGES = 256  # held-out images used to score alignment each epoch
+CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,106 +73,319 @@ def check_against_data(cfg: Config, data: Dataset) -> None:
                           f"({data.num_classes}); use 0 for all classes")
 
 
-def _adversary(cfg: Config, model: nn.Module, bounds) -> PGD | None:
+def _adversary(cfg: Config, model: nn.Module, bounds, generator: torch.Generator
+               ) -> PGD | TradesAdversary | None:
     a = cfg.adv
     if a.method == "none":
         return None
-    return PGD(model, a.norm, a.eps, a.steps, a.step_size, a.random_start, bounds=bounds)
+    if a.method == "trades":
+        return TradesAdversary(model, a.norm, a.eps, a.steps, a.step_size, bounds=bounds, generator=generator)
+    return PGD(model, a.norm, a.eps, a.steps, a.step_size, a.random_start, bounds=bounds, generator=generator)
+
+
+def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
+    """The PAG weight in 0-based `epoch`: lam x lam_warmup_scale during the warm-up fraction (authors' ViT: 2/3
+    for the first half, which they found stabilises training), lam after."""
+    return pag.lam * (pag.lam_warmup_scale if epoch < pag.lam_warmup_fraction * epochs else 1.0)
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: TargetSource | None,
-               adversary: PGD | None, index: Tensor, num_classes: int, generator: torch.Generator,
-               aug_mode: str) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one batch and its parts for logging."""
+               adversary: PGD | TradesAdversary | None, index: Tensor, num_classes: int,
+               generator: torch.Generator, aug_mode: str, lam: float | None = None
+               ) -> tuple[Tensor, dict[str, float]]:
+    """The loss of one batch and its parts for logging. `lam` (default cfg.pag.lam) is this epoch's PAG weight.
+
+    PGD-AT: CE at the adversary. TRADES: CE at x + beta * KL(p(x) || p(x')). The PAG term is taken at x.
+    """
+    lam = cfg.pag.lam if lam is None else lam
     targets = classes = None
-    if source is not None and cfg.pag.lam > 0:
+    if source is not None and lam > 0:
         classes = sample_target_classes(len(x), num_classes, cfg.pag.k, generator, x.device)
         targets = source(x, classes, index)
     x, targets = augment(x, aug_mode, generator, targets)
-    x_train = x
+    x_adv = None
     if adversary is not None:
         model.eval()
-        x_train = adversary(x, y)
+        x_adv = adversary(x, y)
         model.train()
+    trades = cfg.adv.method == "trades"
     parts: dict[str, float] = {}
+    logits_clean = None
     if targets is not None:
         logits_clean, cos = pag_terms(model, x, targets, classes)
-        logits = logits_clean if adversary is None else model(x_train)
         pag = (1 - cos).mean()
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
-        logits = model(x_train)
         pag = torch.zeros((), device=x.device)
+    if logits_clean is None and (x_adv is None or trades):
+        logits_clean = model(x)
+    logits_adv = model(x_adv) if x_adv is not None else None
+    robust = torch.zeros((), device=x.device)
+    if trades:
+        robust = F.kl_div(F.log_softmax(logits_adv, 1), F.log_softmax(logits_clean, 1), reduction="batchmean",
+                          log_target=True)
+        parts["kl"] = robust.item()
+    logits = logits_clean if trades or logits_adv is None else logits_adv
     ce = F.cross_entropy(logits, y)
-    loss = ce + cfg.pag.lam * pag
+    loss = ce + cfg.adv.trades_beta * robust + lam * pag
     parts.update(loss=loss.item(), ce=ce.item(), acc=(logits.argmax(1) == y).float().mean().item())
     return loss, parts
 
 
-def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = None) -> Path:
-    """Train, evaluate and write the run folder `out`. Returns `out`."""
-    device = resolve_device(cfg.device)
-    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
-    check_against_data(cfg, data)
-    torch.manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+@dataclass
+class Progress:
+    """Where training stands, beyond the model, optimizer and scheduler: what a resume needs to carry on exactly."""
 
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # position in this epoch's permutation where the next global batch starts
+    step: int = 0  # optimizer steps taken
+    order: Tensor | None = None  # this epoch's permutation, once drawn
+    sums: dict[str, float] = field(default_factory=dict)  # this rank's logged parts, summed over the epoch
+    rows: list[dict] = field(default_factory=list)  # metrics of the finished epochs
+    seconds: float = 0.0  # training time spent before this process started
+
+
+@dataclass
+class Trained:
+    model: nn.Module  # unwrapped, eval mode
+    arch: str
+    align_source: TargetSource
+    seconds: float
+
+
+def _stream_seed(seed: int, rank: int, stream: int) -> int:
+    """Seeds of this rank's random streams: distinct per rank and per stream, fixed by the run's seed."""
+    return seed * 1_000_003 + 1_000 * rank + stream
+
+
+def _batch_starts(n: int, batch_size: int, world: int) -> list[int]:
+    """Start of every global batch of an epoch; a last batch smaller than the number of processes is dropped."""
+    return [i for i in range(0, n, batch_size) if min(batch_size, n - i) >= world]
+
+
+def _note(message: str) -> None:
+    print(f"pagrob: {message}", file=sys.stderr)
+
+
+def _config_differences(saved: dict, cfg: Config) -> list[str]:
+    """'key: saved -> now' for every key (device aside: a run may move machines) that differs from the checkpoint's."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    old, new = flat(saved), flat(json.loads(json.dumps(to_dict(cfg))))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k != "device" and old.get(k) != new.get(k)]
+
+
+def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress, order_gen: torch.Generator,
+                     draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, seconds: float) -> None:
+    """Every rank calls this (it gathers their random states and sums); rank 0 writes the checkpoint."""
+    rng = {"rng.draw": distributed.gather(draw_gen.get_state(), ctx),
+           "rng.torch": distributed.gather(torch.get_rng_state(), ctx)}
+    if ctx.device.type == "cuda":
+        rng["rng.cuda"] = distributed.gather(torch.cuda.get_rng_state(ctx.device), ctx)
+    keys = sorted(prog.sums)
+    sums = distributed.gather(torch.tensor([prog.sums[k] for k in keys], dtype=torch.float64), ctx) if keys else []
+    if not ctx.main:
+        return
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(rng, **{"rng.order": order_gen.get_state()})
+    if prog.order is not None:
+        tensors["order"] = prog.order
+    state = {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "world": ctx.world,
+             "sums": [dict(zip(keys, row)) for row in sums.tolist()] if keys else [{}] * ctx.world,
+             "rows": prog.rows, "seconds": seconds, "config": to_dict(cfg),
+             "optimizer": checkpoint.encode(opt.state_dict(), tensors, "optimizer"),
+             "scheduler": checkpoint.encode(sched.state_dict(), tensors, "scheduler")}
+    checkpoint.save(folder, prog.step, tensors, state)
+
+
+def _restore(found: tuple[dict[str, Tensor], dict], model: nn.Module, opt, sched, order_gen: torch.Generator,
+             draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, folder: Path) -> Progress:
+    """Load a checkpoint into the fresh model, optimizer, scheduler and random streams; return its progress."""
+    tensors, state = found
+    if state["world"] != ctx.world:
+        raise RunError(f"the checkpoint in {folder} was written by {state['world']} processes, this run has "
+                       f"{ctx.world}; resume with --nproc {state['world']}")
+    changed = _config_differences(state["config"], cfg)
+    if changed:
+        raise ConfigError(f"the run in {folder.parent} was trained with another config ({'; '.join(changed)}); "
+                          "resume with its own config (--resume alone reads config.yaml) or train into a new --out")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt.load_state_dict(checkpoint.decode(state["optimizer"], tensors))
+    sched.load_state_dict(checkpoint.decode(state["scheduler"], tensors))
+    order_gen.set_state(tensors["rng.order"])
+    draw_gen.set_state(tensors["rng.draw"][ctx.rank].contiguous())
+    torch.set_rng_state(tensors["rng.torch"][ctx.rank].contiguous())
+    if "rng.cuda" in tensors and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"][ctx.rank].contiguous(), ctx.device)
+    return Progress(state["epoch"], state["batch"], state["step"], tensors.get("order"), state["sums"][ctx.rank],
+                    state["rows"], state["seconds"])
+
+
+def _start_folder(out: Path, cfg: Config, prog: Progress, resumed: bool) -> None:
+    """A fresh run writes its config and forgets old results; either way metrics.jsonl holds exactly `prog.rows`."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        save_config(cfg, out / "config.yaml")
+        (out / "results.json").unlink(missing_ok=True)
+    checkpoint.atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog.rows).encode())
+
+
+def _nonfinite(value: float, step: int, epoch: int, folder: Path) -> RunError:
+    what = value if not math.isfinite(value) else "NaN or Inf in another process"
+    last = checkpoint.records(folder)
+    kept = f"the last good checkpoint, {last[0].name}, is kept in {folder}" if last else "no checkpoint was written yet"
+    return RunError(f"the training loss became {what} at step {step} (epoch {epoch}): training stopped and {kept}. "
+                    "Lower optim.lr (or pag.lam), check the data, and train again into a new --out")
+
+
+def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None = None, progress: bool = True,
+        resume: bool = False) -> Trained:
+    """The training loop alone, on this process's share of each global batch.
+
+    Checkpoints go to out/checkpoints every optim.checkpoint_every steps and after every epoch; with `resume`
+    the newest good one is loaded first, so a killed run carries on exactly where that checkpoint left it.
+    """
+    ctx = ctx or distributed.Context(resolve_device(cfg.device))
+    if cfg.optim.batch_size < ctx.world:
+        raise ConfigError(f"optim.batch_size = {cfg.optim.batch_size} is the global batch and must be at least the "
+                          f"number of processes ({ctx.world})")
+    torch.manual_seed(cfg.seed)
     mean, std = channel_stats(data.x_train)
     arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
-    model = build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std).to(device)
+    model = build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std).to(ctx.device)
     source = make_source(cfg, data)
-    source = source.to(device) if source is not None else None
-    align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(device)
-    data = data.to(device)
+    source = source.to(ctx.device) if source is not None else None
+    align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
+    data = data.to(ctx.device)
     aug_mode = resolve_mode(cfg.data.augment, data.name, data.is_image)
-    adversary = _adversary(cfg, model, data.bounds)
-
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)
     milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    writer = _summary_writer(out)
-    n, bs = len(data.x_train), cfg.optim.batch_size
-    metrics_file = open(out / "metrics.jsonl", "w")
-    start = time.perf_counter()
-    for epoch in range(cfg.optim.epochs):
-        model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        sums: dict[str, float] = {}
-        steps = range(0, n, bs)
-        bar = tqdm(steps, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress, leave=False)
-        for i in bar:
-            idx = order[i:i + bs]
-            loss, parts = train_step(model, data.x_train[idx], data.y_train[idx], cfg, source, adversary, idx,
-                                     data.num_classes, generator, aug_mode)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}")
-        sched.step()
-        model.eval()
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / len(steps) for k, v in sums.items()},
-               "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-               "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source,
-                                                 data.num_classes),
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        for k, v in row.items():
-            if k != "epoch" and writer is not None:
-                writer.add_scalar(k, v, epoch + 1)
-        if progress:
-            tqdm.write(f"{cfg.name} epoch {epoch + 1}: loss {row['train_loss']:.3f} "
-                       f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}")
-    metrics_file.close()
-    if writer is not None:
-        writer.close()
-    save_model(model, out, arch, data.input_shape, data.num_classes, cfg.model.width)
-    evaluate_and_write(model.eval(), data, cfg, out, align_source, time.perf_counter() - start, progress)
+    # One permutation stream shared by all ranks; per-rank streams for per-image draws (target classes,
+    # augmentation, attack starts) and for the global generator (dropout).
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    draw_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, ctx.rank, 1))
+    torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
+
+    folder = out / CHECKPOINTS
+    prog = Progress()
+    found = checkpoint.latest(folder) if resume else None
+    if found is not None:
+        prog = _restore(found[:2], model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
+        if ctx.main:
+            for warning in found[2]:
+                _note(warning)
+            checkpoint.discard_after(folder, prog.step)
+    elif resume and ctx.main:
+        _note(f"no checkpoint in {folder}: training {cfg.name} from the start")
+    if ctx.main:
+        _start_folder(out, cfg, prog, found is not None)
+
+    ddp = distributed.wrap(model, ctx)
+    adversary = _adversary(cfg, model, data.bounds, draw_gen)
+    n, every = len(data.x_train), cfg.optim.checkpoint_every
+    starts = _batch_starts(n, cfg.optim.batch_size, ctx.world)
+    start = time.perf_counter() - prog.seconds
+    writer = _summary_writer(out, prog.epoch + 1) if ctx.main else None
+    metrics_file = open(out / "metrics.jsonl", "a") if ctx.main else None
+    try:
+        while prog.epoch < cfg.optim.epochs:
+            epoch = prog.epoch
+            model.train()
+            if prog.order is None:
+                prog.order = torch.randperm(n, generator=order_gen)
+            order = prog.order.to(ctx.device)
+            lam = lam_at(cfg.pag, epoch, cfg.optim.epochs)
+            todo = [i for i in starts if i >= prog.batch]
+            bar = tqdm(todo, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", total=len(starts),
+                       initial=len(starts) - len(todo), disable=not (progress and ctx.main), leave=False)
+            for i in bar:
+                idx = order[i:i + cfg.optim.batch_size]
+                local = distributed.local_slice(idx, ctx)
+                loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], cfg, source, adversary,
+                                         local, data.num_classes, draw_gen, aug_mode, lam=lam)
+                if distributed.any_rank(not math.isfinite(parts["loss"]), ctx):
+                    raise _nonfinite(parts["loss"], prog.step + 1, epoch + 1, folder)
+                opt.zero_grad(set_to_none=True)
+                # DDP averages the ranks' gradients; weighting by the rank's share makes that the global-batch mean.
+                (loss * (len(local) * ctx.world / len(idx))).backward()
+                opt.step()
+                for k, v in parts.items():
+                    prog.sums[k] = prog.sums.get(k, 0.0) + v
+                prog.step, prog.batch = prog.step + 1, i + cfg.optim.batch_size
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                if every and prog.step % every == 0 and i != starts[-1]:
+                    _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
+                                     time.perf_counter() - start)
+            sched.step()
+            means = distributed.mean_over_ranks({k: v / len(starts) for k, v in prog.sums.items()}, ctx)
+            if ctx.main:
+                model.eval()
+                row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()},
+                       "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
+                       "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source,
+                                                         data.num_classes),
+                       "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                prog.rows.append(row)
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                for k, v in row.items():
+                    if k != "epoch" and writer is not None:
+                        writer.add_scalar(k, v, epoch + 1)
+                if progress:
+                    tqdm.write(f"{cfg.name} epoch {epoch + 1}: loss {row['train_loss']:.3f} "
+                               f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}")
+            prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
+            _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
+                             time.perf_counter() - start)
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+        if writer is not None:
+            writer.close()
+    return Trained(model.eval(), arch, align_source, time.perf_counter() - start)
+
+
+def finished(out: Path) -> bool:
+    """A run folder whose training and evaluation completed: results.json written, checkpoints cleared."""
+    return (out / "results.json").is_file() and not checkpoint.records(out / CHECKPOINTS)
+
+
+def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = None, resume: bool = False) -> Path:
+    """Train, evaluate and write the run folder `out`. Returns `out`.
+
+    Under torchrun (WORLD_SIZE > 1) each process trains its slice of every global batch with DDP and rank 0
+    alone writes. `resume` continues from the newest good checkpoint in `out` (a finished run is left as is).
+    """
+    device = resolve_device(cfg.device)
+    if resume and finished(out):
+        _note(f"{out} holds a finished run (results.json); nothing to resume")
+        return out
+    if not resume and checkpoint.records(out / CHECKPOINTS):
+        raise RunError(f"{out} holds an unfinished run (checkpoints in {out / CHECKPOINTS}); continue it with "
+                       "--resume, or train into another --out")
+    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    check_against_data(cfg, data)
+    ctx = distributed.start(device)
+    try:
+        trained = fit(cfg, data, out, ctx, progress, resume)
+        spread = distributed.parameter_spread(trained.model, ctx)
+    finally:
+        distributed.stop(ctx)
+    if spread > 0:
+        raise RunError(f"the {ctx.world} processes ended with different weights (largest difference {spread:g}); "
+                       "this is a bug in distributed training")
+    if ctx.main:
+        data = data.to(ctx.device)
+        save_model(trained.model, out, trained.arch, data.input_shape, data.num_classes, cfg.model.width)
+        evaluate_and_write(trained.model, data, cfg, out, trained.align_source, trained.seconds, progress)
+        checkpoint.remove(out / CHECKPOINTS)
     return out
 
 
@@ -189,9 +409,10 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
     return results
 
 
-def _summary_writer(out: Path):
+def _summary_writer(out: Path, first_epoch: int):
+    """TensorBoard events from `first_epoch` on; a resumed run drops the events it is about to write again."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
         return None
-    return SummaryWriter(str(out))
+    return SummaryWriter(str(out), purge_step=first_epoch if first_epoch > 1 else None)
