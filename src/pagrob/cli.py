@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from pagrob.attacks import PerturbationError
-from pagrob.config import ConfigError, load_config
+from pagrob.config import Config, ConfigError, load_config
 from pagrob.data import DatasetError
 from pagrob.runs import RunError
 
@@ -22,12 +23,47 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def _train_config(args: argparse.Namespace) -> Config:
+    """The config to train with; `--resume` alone reads the run's own config.yaml."""
+    if args.resume and args.config is None and not args.set:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise RunError(f"nothing to resume in {args.out}: it has no config.yaml (start the run without "
+                           "--resume, or repeat its --config/--set)")
+        return load_config(saved)
+    return load_config(args.config, args.set)
+
+
+def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
+    """`train --nproc N`: check what can be checked here, then run N DDP processes of the same command."""
+    import torch
+
+    from pagrob.distributed import launch
+    from pagrob.train import resolve_device
+
+    if "WORLD_SIZE" in os.environ:
+        raise ConfigError("--nproc starts the processes itself; under torchrun leave it out")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and args.nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {args.nproc} needs {args.nproc} GPUs, PyTorch sees {torch.cuda.device_count()}")
+    argv = ["--quiet"] if args.quiet else []
+    argv += ["train", "--out", args.out] + (["--config", args.config] if args.config else [])
+    argv += [a for item in args.set for a in ("--set", item)] + (["--resume"] if args.resume else [])
+    launch(args.nproc, argv)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from pagrob.train import train
 
-    cfg = load_config(args.config, args.set)
-    out = train(cfg, Path(args.out), progress=not args.quiet)
-    print(json.dumps(json.loads((out / "results.json").read_text()), indent=2))
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    cfg = _train_config(args)
+    if args.nproc > 1:
+        _launch_train(args, cfg)
+        return
+    out = train(cfg, Path(args.out), progress=not args.quiet, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(json.loads((out / "results.json").read_text()), indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -72,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file; defaults are used where it is silent")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest good checkpoint (alone: with its config.yaml)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N processes with DDP (one per GPU, or gloo on CPU); the same as "
+                        "torchrun --nproc_per_node=N -m pagrob train ...")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="attack a trained run and append to its results.json")

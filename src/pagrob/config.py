@@ -65,6 +65,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, lr x0.1
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: after each epoch only); see --resume
 
 
 @dataclass
@@ -226,6 +227,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
     _check(cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     _check(cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}")
+    _check(cfg.optim.momentum >= 0, f"optim.momentum must be >= 0, got {cfg.optim.momentum}")
+    _check(cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    _check(cfg.optim.checkpoint_every >= 0,
+           f"optim.checkpoint_every must be >= 0 (0 = after each epoch only), got {cfg.optim.checkpoint_every}")
     _check(all(0 < m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in (0, 1]")
     _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
     _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")

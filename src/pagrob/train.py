@@ -3,6 +3,10 @@
 loss = CE(f(x'), y) + lam * mean_j (1 - cos(grad_x log p(t_j | x), g(x, t_j)))
 where x' is x (vanilla, PAG) or its PGD adversary (AT), and the PAG term is always taken at the clean x.
 TRADES replaces the CE at x' by CE(f(x), y) + beta * KL(f(x) || f(x')).
+
+Runs on one process or, under torchrun, on several with DDP (`pagrob.distributed`), and checkpoints into
+<run>/checkpoints (`pagrob.checkpoint`) so that a killed run resumed with `resume=True` ends bit-for-bit
+where an uninterrupted one would on CPU.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pagrob import checkpoint, distributed
 from pagrob.attacks import PGD
 from pagrob.attacks.trades import TradesAdversary
-from pagrob import checkpoint, distributed
 from pagrob.config import Config, ConfigError, PagConfig, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment, resolve_mode
@@ -182,7 +186,12 @@ def _config_differences(saved: dict, cfg: Config) -> list[str]:
 
 def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress, order_gen: torch.Generator,
                      draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, seconds: float) -> None:
-    """Every rank calls this (it gathers their random states and sums); rank 0 writes the checkpoint."""
+    """Every rank calls this (it gathers their random states and sums); rank 0 writes the checkpoint.
+
+    Weights that are no longer finite are never checkpointed: the last good checkpoint stays the newest.
+    """
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise _nonfinite("the weights became NaN or Inf", prog.step, prog.epoch + 1, folder)
     rng = {"rng.draw": distributed.gather(draw_gen.get_state(), ctx),
            "rng.torch": distributed.gather(torch.get_rng_state(), ctx)}
     if ctx.device.type == "cuda":
@@ -192,7 +201,8 @@ def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress,
     if not ctx.main:
         return
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(rng, **{"rng.order": order_gen.get_state()})
+    tensors.update(rng)
+    tensors["rng.order"] = order_gen.get_state()
     if prog.order is not None:
         tensors["order"] = prog.order
     state = {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "world": ctx.world,
@@ -235,11 +245,10 @@ def _start_folder(out: Path, cfg: Config, prog: Progress, resumed: bool) -> None
     checkpoint.atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog.rows).encode())
 
 
-def _nonfinite(value: float, step: int, epoch: int, folder: Path) -> RunError:
-    what = value if not math.isfinite(value) else "NaN or Inf in another process"
+def _nonfinite(what: str, step: int, epoch: int, folder: Path) -> RunError:
     last = checkpoint.records(folder)
     kept = f"the last good checkpoint, {last[0].name}, is kept in {folder}" if last else "no checkpoint was written yet"
-    return RunError(f"the training loss became {what} at step {step} (epoch {epoch}): training stopped and {kept}. "
+    return RunError(f"{what} at step {step} (epoch {epoch}): training stopped and {kept}. "
                     "Lower optim.lr (or pag.lam), check the data, and train again into a new --out")
 
 
@@ -311,7 +320,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], cfg, source, adversary,
                                          local, data.num_classes, draw_gen, aug_mode, lam=lam)
                 if distributed.any_rank(not math.isfinite(parts["loss"]), ctx):
-                    raise _nonfinite(parts["loss"], prog.step + 1, epoch + 1, folder)
+                    value = parts["loss"] if not math.isfinite(parts["loss"]) else "NaN or Inf in another process"
+                    raise _nonfinite(f"the training loss became {value}", prog.step + 1, epoch + 1, folder)
                 opt.zero_grad(set_to_none=True)
                 # DDP averages the ranks' gradients; weighting by the rank's share makes that the global-batch mean.
                 (loss * (len(local) * ctx.world / len(idx))).backward()
