@@ -12,15 +12,18 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from pagrob import distributed
+import pagrob.train as train_module
+from pagrob import checkpoint, distributed
 from pagrob.config import load_config
 from pagrob.data import Dataset, toy2d
 from pagrob.train import fit, train
 
 # AT + PAG: the model is called twice in a step and the PAG term needs a double backward, both inside DDP.
-# Batches of 63 split 32 / 31 between the ranks, so the share weighting of the ranks' losses is exercised.
+# Batches of 63 split 32 / 31 between the ranks, so the share weighting of the ranks' losses is exercised;
+# 640 images make 11 batches an epoch (the last of 10 images).
 SETTINGS = ["device=cpu", "pag.source=exact", "adv.method=pgd", "adv.steps=2", "adv.random_start=false",
-            "optim.epochs=2", "optim.batch_size=63", "optim.lr=0.05", "eval.n=50", "eval.eps_l2=[0]"]
+            "optim.epochs=2", "optim.batch_size=63", "optim.lr=0.05", "optim.checkpoint_every=4", "eval.n=50",
+            "eval.eps_l2=[0]"]
 
 
 def small_toy(n: int = 640) -> Dataset:
@@ -35,13 +38,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, out: str, crash_at: int, resume: bool) -> None:
+    """One DDP process; with `crash_at`, it dies (like a SIGKILL) before that many steps are done."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    if crash_at:
+        real, calls = train_module.train_step, [0]
+
+        def dying(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == crash_at:
+                os._exit(9)
+            return real(*args, **kwargs)
+
+        train_module.train_step = dying
     ctx = distributed.start(torch.device("cpu"))
     try:
-        trained = fit(load_config(None, SETTINGS), small_toy(), Path(out), ctx, progress=False)
+        trained = fit(load_config(None, SETTINGS), small_toy(), Path(out), ctx, progress=False, resume=resume)
     finally:
         distributed.stop(ctx)
     save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
@@ -52,8 +66,12 @@ def max_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
-    mp.start_processes(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+def test_two_gloo_processes_match_each_other_and_one_process_across_a_crash(tmp_path):
+    """Both ranks die at step 15 of 22 (after the checkpoint at step 12), then resume from it."""
+    with pytest.raises(mp.ProcessExitedException):
+        mp.start_processes(_rank, args=(2, free_port(), str(tmp_path), 15, False), nprocs=2, start_method="spawn")
+    assert [r.name for r in checkpoint.records(tmp_path / "checkpoints")][0] == "step-00000012.json"
+    mp.start_processes(_rank, args=(2, free_port(), str(tmp_path), 0, True), nprocs=2, start_method="spawn")
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     single = fit(load_config(None, SETTINGS), small_toy(), tmp_path / "single", progress=False).model.state_dict()
     assert max_difference(ranks[0], ranks[1]) == 0.0

@@ -11,6 +11,7 @@ Rank 0 alone writes checkpoints, metrics, the model and the results.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -82,7 +83,9 @@ def wrap(model: nn.Module, ctx: Context) -> nn.Module:
     if not ctx.active:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch >= 2.14
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, **no_sync)
 
 
 def local_slice(batch: Tensor, ctx: Context) -> Tensor:

@@ -191,12 +191,12 @@ def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress,
     Weights that are no longer finite are never checkpointed: the last good checkpoint stays the newest.
     """
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise _nonfinite("the weights became NaN or Inf", prog.step, prog.epoch + 1, folder)
+        raise _nonfinite("the weights became NaN or Inf", prog.step, prog.epoch + (1 if prog.batch else 0), folder)
     rng = {"rng.draw": distributed.gather(draw_gen.get_state(), ctx),
            "rng.torch": distributed.gather(torch.get_rng_state(), ctx)}
     if ctx.device.type == "cuda":
         rng["rng.cuda"] = distributed.gather(torch.cuda.get_rng_state(ctx.device), ctx)
-    keys = sorted(prog.sums)
+    keys = list(prog.sums)  # the same order on every rank: the same code inserted them
     sums = distributed.gather(torch.tensor([prog.sums[k] for k in keys], dtype=torch.float64), ctx) if keys else []
     if not ctx.main:
         return
@@ -227,11 +227,12 @@ def _restore(found: tuple[dict[str, Tensor], dict], model: nn.Module, opt, sched
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt.load_state_dict(checkpoint.decode(state["optimizer"], tensors))
     sched.load_state_dict(checkpoint.decode(state["scheduler"], tensors))
-    order_gen.set_state(tensors["rng.order"])
-    draw_gen.set_state(tensors["rng.draw"][ctx.rank].contiguous())
-    torch.set_rng_state(tensors["rng.torch"][ctx.rank].contiguous())
+    # clone(): set_state misreads a row view (storage offset) of the stacked per-rank states, and crashes
+    order_gen.set_state(tensors["rng.order"].clone())
+    draw_gen.set_state(tensors["rng.draw"][ctx.rank].clone())
+    torch.set_rng_state(tensors["rng.torch"][ctx.rank].clone())
     if "rng.cuda" in tensors and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"][ctx.rank].contiguous(), ctx.device)
+        torch.cuda.set_rng_state(tensors["rng.cuda"][ctx.rank].clone(), ctx.device)
     return Progress(state["epoch"], state["batch"], state["step"], tensors.get("order"), state["sums"][ctx.rank],
                     state["rows"], state["seconds"])
 
