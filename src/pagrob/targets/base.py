@@ -35,7 +35,7 @@ def reference_source_name(dataset_name: str) -> str:
 
 
 def build_source(source: str, cfg: "PagConfig", dataset: "Dataset") -> TargetSource:
-    """Make the named source (`oi`, `cm`, `nn`, `exact`) from the dataset's training split."""
+    """Make the named source (`oi`, `cm`, `nn`, `exact`, `sbg`) from the dataset's training split."""
     from pagrob.targets.exact import ExactToy
     from pagrob.targets.heuristic import ClassMean, NearestNeighbor, OneImage
 
@@ -49,4 +49,8 @@ def build_source(source: str, cfg: "PagConfig", dataset: "Dataset") -> TargetSou
         if dataset.name != "toy2d":
             raise ValueError(f"the exact source is known in closed form only for toy2d, not {dataset.name}")
         return ExactToy(cfg.sigma)
-    raise ValueError(f"unknown target source '{source}': use oi, cm, nn or exact")
+    if source == "sbg":
+        from pagrob.targets.score_based import open_score_source
+
+        return open_score_source(cfg, dataset)
+    raise ValueError(f"unknown target source '{source}': use oi, cm, nn, exact or sbg")

@@ -1,0 +1,155 @@
+"""Train a class-conditional noise-prediction model with label dropout; resumable from its checkpoint.
+
+loss = || eps_hat(alpha_t u + sigma_t eps, t, y') - eps ||^2 with y' = null with probability `label_dropout`,
+so one network learns eps(u_t, t, y) and the unconditional eps(u_t, t, null).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pagrob.data import Dataset
+from pagrob.diffusion.models import META_FILE, ScoreModel, ScoreModelError, ToyScoreMLP, UNetScore
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_CONFIG = "train_config.json"
+
+
+@dataclass
+class ScoreTrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 0  # 0: 128 for the toy MLP, 32 for the UNet's first level
+    label_dropout: float = 0.2
+    ema: float = 0.999
+    seed: int = 0
+    # Timesteps trained on, inclusive; -1: the schedule's end. SBG queries one timestep, so a band around it
+    # concentrates the whole budget where the score is used.
+    t_min: int = 0
+    t_max: int = -1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.width < 0:
+            raise ScoreModelError("score-model training needs steps >= 1, batch size >= 1, lr > 0 and width >= 0")
+        if self.t_min < 0 or (self.t_max != -1 and self.t_max < self.t_min):
+            raise ScoreModelError(f"the timestep band needs 0 <= t_min <= t_max (or t_max = -1), got "
+                                  f"{self.t_min}..{self.t_max}")
+        if not 0 <= self.label_dropout < 1 or not 0 <= self.ema < 1:
+            raise ScoreModelError(f"label dropout and EMA decay must lie in [0, 1), got {self.label_dropout}, "
+                                  f"{self.ema}")
+
+
+def build_score_model(data: Dataset, width: int = 0) -> ScoreModel:
+    """A toy MLP for points, a UNet for images; data scaled to unit spread (points) or [-1, 1] (images)."""
+    if data.is_image:
+        return UNetScore.create(data.num_classes, data.input_shape, width or 32, data.name)
+    offset = float(data.x_train.mean())
+    scale = float((data.x_train - offset).std())
+    return ToyScoreMLP(data.num_classes, data.input_shape, offset, scale, width or 128, data.name)
+
+
+def sample_timesteps(model: ScoreModel, n: int, band: tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Timesteps in band (inclusive): uniform for DDPM; log-uniform in sigma for the VE toy model, whose sigma is
+    proportional to t + 1 and spans three decades."""
+    lo, hi = band
+    u = torch.rand(n, generator=generator)
+    if isinstance(model, ToyScoreMLP):
+        t = torch.exp(math.log(lo + 1) + u * (math.log(hi + 1) - math.log(lo + 1))) - 1
+    else:
+        t = lo + u * (hi - lo + 1)
+    return t.long().clamp(lo, hi)
+
+
+def diffusion_loss(model: ScoreModel, x: Tensor, y: Tensor, label_dropout: float, band: tuple[int, int],
+                   generator: torch.Generator) -> Tensor:
+    """Mean squared eps error of one batch, with labels dropped to null at rate `label_dropout`."""
+    n, dev = len(x), x.device
+    t = sample_timesteps(model, n, band, generator).to(dev)
+    eps = torch.randn(x.shape, generator=generator).to(dev)
+    drop = (torch.rand(n, generator=generator) < label_dropout).to(dev)
+    labels = torch.where(drop, torch.full_like(y, model.null_label), y)
+    alpha, sigma = (s.view(-1, *[1] * (x.dim() - 1)) for s in model.alpha_sigma(t))
+    u_t = alpha * model.to_model_space(x) + sigma * eps
+    return (model.predict_eps(u_t, t, labels) - eps).pow(2).mean()
+
+
+def _check_resume(out: Path, settings: dict) -> None:
+    saved = json.loads((out / TRAIN_CONFIG).read_text())
+    differs = {k: (saved.get(k), v) for k, v in settings.items() if k != "steps" and saved.get(k) != v}
+    if differs:
+        what = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in differs.items())
+        raise ScoreModelError(f"{out} holds a score model trained with other settings ({what}); use another --out "
+                              "or the same settings")
+
+
+def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTrainConfig(),
+                      device: torch.device | str = "cpu", progress: bool = True, save_every: int = 500) -> Path:
+    """Train (or continue training) the score model of `data` into `out`; returns `out`.
+
+    The checkpoint (weights, EMA weights, optimiser, step, random state) is written every `save_every` steps;
+    rerunning with the same settings continues from it, and with more `steps` trains further.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"dataset": data.name, **asdict(cfg)}
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on cfg.seed only
+        torch.manual_seed(cfg.seed)
+        model = build_score_model(data, cfg.width).to(device)
+        ema = build_score_model(data, cfg.width).to(device)
+    ema.load_state_dict(model.state_dict())
+    band = (cfg.t_min, model.num_timesteps - 1 if cfg.t_max == -1 else cfg.t_max)
+    model.check_timestep(band[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # Linear warm-up over 200 steps, then linear decay to 5 % of lr at cfg.steps.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 1 - s / cfg.steps))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if (out / CHECKPOINT).is_file():
+        _check_resume(out, settings)
+        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        generator.set_state(state["rng"])
+        step = int(state["step"])
+    (out / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2))
+    x, y = data.x_train.to(device), data.y_train.to(device)
+
+    def save() -> None:
+        tmp = out / (CHECKPOINT + ".tmp")
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "rng": generator.get_state(), "step": step}, tmp)
+        tmp.replace(out / CHECKPOINT)
+        ema.save(out)
+
+    bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc=f"score model {data.name}", disable=not progress)
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=generator).to(device)
+        loss = diffusion_loss(model, x[idx], y[idx], cfg.label_dropout, band, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % save_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    if not (out / META_FILE).is_file():  # a finished run whose exported model was deleted
+        save()
+    return out
