@@ -1,4 +1,7 @@
-"""The `pagrob` command: demo | train | evaluate | report. Thin: parses arguments and calls the library."""
+"""The `pagrob` command: demo | train | evaluate | report | sweep | import-checkpoint.
+
+Thin: parses arguments and calls the library.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +58,13 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from pagrob.train import train
 
+    if args.dry_run:
+        from pagrob.dryrun import dry_run, format_dry_run
+
+        print(format_dry_run(dry_run(load_config(args.config, args.set), batch=args.dry_run_batch)))
+        return
+    if args.out is None:
+        raise ConfigError("train needs --out RUN_DIR (or --dry-run to check the config without training)")
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = _train_config(args)
@@ -94,6 +104,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report([Path(d) for d in args.run_dirs], Path(args.out))}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from pagrob.sweep import run_sweep
+
+    path = run_sweep(args.config, args.set, args.grid, args.extra, Path(args.out), progress=not args.quiet,
+                     align_source=args.align_source)
+    print(f"sweep report: {path}")
+
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> None:
+    from pagrob.checkpoint_import import import_checkpoint
+
+    out = import_checkpoint(args.file, args.arch, args.out, args.format, args.dataset, args.name)
+    print(f"run folder: {out} (evaluate it with: pagrob evaluate {out})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagrob", description=__doc__)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,8 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (and evaluate) one run from a YAML config")
     p.add_argument("--config", help="YAML file; defaults are used where it is silent")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--out", help="run folder to write (not needed with --dry-run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config offline: build the model, run one step on a synthetic batch, print the plan")
+    p.add_argument("--dry-run-batch", type=int, metavar="N",
+                   help="images in the dry run's synthetic batch, the step is timed on it (default: the pixels "
+                        "of two 32x32 images, at least 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest good checkpoint (alone: with its config.yaml)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -126,6 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="train a grid of runs from one config; report robustness vs alignment and compute")
+    p.add_argument("--config", help="base YAML file; defaults are used where it is silent")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config key")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="values of one key; several --grid give their product")
+    p.add_argument("--extra", action="append", nargs="+", default=[], metavar="NAME KEY=VALUE",
+                   help="one more run beside the grid, e.g. --extra at adv.method=pgd pag.source=none")
+    p.add_argument("--align-source", help="target source every run's alignment is scored against "
+                                          "(default: the dataset's reference source)")
+    p.add_argument("--out", required=True, help="folder for the runs and sweep.md")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("import-checkpoint", help="turn a released checkpoint into a run folder to evaluate")
+    p.add_argument("file")
+    p.add_argument("--format", default="pag-rob", choices=["pag-rob"],
+                   help="pag-rob: the PAG authors' CIFAR checkpoints (github.com/royg27/PAG-ROB)")
+    p.add_argument("--arch", required=True, choices=["resnet18", "vit"])
+    p.add_argument("--dataset", help="dataset the model was trained on (default: cifar10, or cifar100 for 100 classes)")
+    p.add_argument("--name", help="run name (default: the --out folder's name)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.set_defaults(func=cmd_import_checkpoint)
     return parser
 
 

@@ -83,6 +83,9 @@ def resnet18(channels: int, num_classes: int, width: int = 64) -> ResNet:
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention. Scores are divided by sqrt(width), not sqrt(width / heads), as in the
+    released PAG ViT: the same weights give the same function only with the same scale."""
+
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads = heads
@@ -93,7 +96,7 @@ class SelfAttention(nn.Module):
         b, n, d = x.shape
         split = lambda t: t.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        attn = torch.softmax(q @ k.transpose(-2, -1) / (d / self.heads) ** 0.5, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1)
         return self.dropout(self.o((attn @ v).transpose(1, 2).reshape(b, n, d)))
 
 
@@ -129,10 +132,16 @@ class ViT(nn.Module):
         self.enc = nn.Sequential(*[EncoderLayer(dim, mlp_dim, heads, dropout) for _ in range(depth)])
         self.fc = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def patches(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, N, p*p*C): row-major grid of patches, each flattened as (row, column, channel),
+        the layout the released checkpoints' `emb` expects."""
+        b, c, h, w = x.shape
         p = self.patch
-        patches = F.unfold(x, p, stride=p).transpose(1, 2)  # (B, N, C*p*p), each patch flattened as (c, i, j)
-        out = self.emb(patches)
+        grid = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        return grid.reshape(b, (h // p) * (w // p), p * p * c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.emb(self.patches(x))
         out = torch.cat([self.cls_token.expand(len(x), -1, -1), out], dim=1) + self.pos_emb
         return self.fc(self.enc(out)[:, 0])
 

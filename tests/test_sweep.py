@@ -1,0 +1,69 @@
+"""`pagrob sweep`: grid parsing, the counted compute, and a tiny end-to-end sweep on toy2d with an AT run beside it."""
+
+import json
+
+import pytest
+
+from pagrob.cli import main
+from pagrob.config import ConfigError, load_config
+from pagrob.dryrun import passes_per_image
+from pagrob.sweep import parse_grid, plan, split_values
+
+
+def test_grid_values_keep_bracketed_lists_whole():
+    assert split_values("0, 0.5,[l2,linf]") == ["0", "0.5", "[l2,linf]"]
+    assert parse_grid(["pag.lam=0,1", "pag.k=1,3"]) == [("pag.lam", ["0", "1"]), ("pag.k", ["1", "3"])]
+    with pytest.raises(ConfigError, match="key=v1,v2"):
+        parse_grid(["pag.lam"])
+    with pytest.raises(ConfigError, match="empty value"):
+        parse_grid(["pag.lam=0,,1"])
+
+
+def test_plan_is_the_product_and_checks_every_config_first():
+    runs = plan(None, ["data.name=toy2d"], parse_grid(["pag.lam=0,1", "pag.k=1,2"]), [["at", "adv.method=pgd"]])
+    assert [r.name for r in runs] == ["lam0-k1", "lam0-k2", "lam1-k1", "lam1-k2", "at"]
+    assert runs[-1].cfg.adv.method == "pgd" and runs[-1].varied == {}
+    with pytest.raises(ConfigError, match="pag.lam must be >= 0"):
+        plan(None, [], parse_grid(["pag.lam=1,-1"]), [])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        plan(None, [], parse_grid(["pag.lamda=1"]), [])
+    with pytest.raises(ConfigError, match="share a name"):
+        plan(None, [], parse_grid(["pag.lam=1"]), [["lam1", "adv.method=pgd"]])
+
+
+@pytest.mark.parametrize("overrides,passes", [
+    ([], 2),
+    (["pag.source=cm"], 3 * 10 + 2),  # k = 0: all 10 classes
+    (["pag.source=cm", "pag.k=3"], 3 * 3 + 2),
+    (["pag.source=cm", "pag.lam=0"], 2),  # a zero weight skips the term
+    (["adv.method=pgd", "adv.steps=7"], 2 * 7 + 2),
+    (["adv.method=pgd", "adv.steps=7", "pag.source=cm", "pag.k=3"], 2 * 7 + 2 + 3 * 3 + 2),
+    (["adv.method=trades", "adv.steps=5"], 1 + 2 * 5 + 4),
+    (["adv.method=trades", "adv.steps=5", "pag.source=cm", "pag.k=3"], 1 + 2 * 5 + 3 * 3 + 2 + 2),
+])
+def test_passes_are_counted_from_the_objective(overrides, passes):
+    assert passes_per_image(load_config(None, overrides), 10) == passes
+
+
+def test_toy_sweep_writes_one_report_and_reuses_finished_runs(tmp_path, capsys):
+    args = ["--quiet", "sweep", "--set", "data.name=toy2d", "--set", "optim.epochs=1", "--set", "eval.n=60",
+            "--set", "eval.eps_l2=[10]", "--set", "pag.source=exact", "--grid", "pag.lam=0,1",
+            "--extra", "at", "adv.method=pgd", "adv.eps=10", "adv.steps=3", "pag.source=none", "--out", str(tmp_path)]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["name"] for r in rows] == ["lam0", "lam1", "at"]
+    assert [r["extra"] for r in rows] == [False, False, True]
+    assert all(r["alignment_source"] == "exact" and -1 <= r["alignment"] <= 1 for r in rows)
+    assert [r["passes_per_image_step"] for r in rows] == [2, 8, 8]  # PAG: k = 2 classes; AT: 3 steps
+    assert rows[1]["passes_total"] == 8 * 6000 * 1
+    assert all("pgd l2 10" in r["robust"] and r["train_seconds"] > 0 for r in rows)
+    text = (tmp_path / "sweep.md").read_text()
+    assert "robust_vs_alignment.png" in text and "robust_vs_compute.png" in text and "| at |" in text
+    assert (tmp_path / "robust_vs_alignment.png").stat().st_size > 0
+    assert (tmp_path / "robust_vs_compute.png").stat().st_size > 0
+
+    stamp = (tmp_path / "lam1" / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([a for a in args if a != "--quiet"]) == 0
+    assert capsys.readouterr().out.count("finished earlier, reused") == 3
+    assert (tmp_path / "lam1" / "results.json").stat().st_mtime_ns == stamp
