@@ -31,16 +31,20 @@ class DataConfig:
 class ModelConfig:
     arch: str = "auto"  # auto | mlp | cnn | resnet18 | vit
     width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
+    normalize: str = "data"  # data: first layer standardises with training-set statistics | none: raw inputs
 
 
 @dataclass
 class PagConfig:
-    source: str = "none"  # none | oi | cm | nn | exact | store:PATH
+    source: str = "none"  # none | oi | cm | nn | exact | sbg | store:PATH
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
     sigma: float = 5.0  # noise level of the `exact` toy2d source
     nn_sample: int = 200  # images per class searched by the `nn` source
     seed: int = 0  # chooses the OI images and the NN sample
+    score_model: str = ""  # sbg: score-model folder (pagrob targets train-score-model)
+    sbg_t: int = 200  # sbg: diffusion timestep of the score query (toy2d score models: noise level (t + 1) / 10)
+    sbg_draws: int = 1  # sbg: noise draws averaged per image; 0 queries the noise-free point
     # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
     lam_warmup_fraction: float = 0.0
     lam_warmup_scale: float = 1.0
@@ -59,6 +63,7 @@ class AdvConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # sgd (with momentum) | adam (momentum unused)
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.01
@@ -214,11 +219,16 @@ def validate(cfg: Config) -> None:
     _check(cfg.pag.sigma > 0, f"pag.sigma must be > 0, got {cfg.pag.sigma}")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
-    _check(src in ("none", "oi", "cm", "nn", "exact") or src.startswith("store:"),
-           f"pag.source must be none, oi, cm, nn, exact or store:PATH, got '{src}'")
-    _check(0 <= cfg.pag.lam_warmup_fraction <= 1, f"pag.lam_warmup_fraction must be in [0, 1], got {cfg.pag.lam_warmup_fraction}")
+    _check(src in ("none", "oi", "cm", "nn", "exact", "sbg") or src.startswith("store:"),
+           f"pag.source must be none, oi, cm, nn, exact, sbg or store:PATH, got '{src}'")
+    _check(src != "sbg" or bool(cfg.pag.score_model),
+           "pag.source=sbg needs pag.score_model=DIR (train one with: pagrob targets train-score-model)")
+    _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0, "pag.sbg_t and pag.sbg_draws must be >= 0")
+    _check(0 <= cfg.pag.lam_warmup_fraction <= 1,
+           f"pag.lam_warmup_fraction must be in [0, 1], got {cfg.pag.lam_warmup_fraction}")
     _check(cfg.pag.lam_warmup_scale >= 0, f"pag.lam_warmup_scale must be >= 0, got {cfg.pag.lam_warmup_scale}")
-    _check(cfg.adv.method in ("none", "pgd", "trades"), f"adv.method must be none, pgd or trades, got '{cfg.adv.method}'")
+    _check(cfg.adv.method in ("none", "pgd", "trades"),
+           f"adv.method must be none, pgd or trades, got '{cfg.adv.method}'")
     _check(cfg.adv.trades_beta >= 0, f"adv.trades_beta must be >= 0, got {cfg.adv.trades_beta}")
     _check(cfg.adv.norm in ("l2", "linf"), f"adv.norm must be l2 or linf, got '{cfg.adv.norm}'")
     _check(cfg.adv.eps >= 0, f"adv.eps must be >= 0, got {cfg.adv.eps}")
@@ -241,5 +251,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.model.arch in ("auto", "mlp", "cnn", "resnet18", "vit"),
            f"model.arch must be auto, mlp, cnn, resnet18 or vit, got '{cfg.model.arch}'")
     _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
+    _check(cfg.model.normalize in ("data", "none"), f"model.normalize must be data or none, got '{cfg.model.normalize}'")
+    _check(cfg.optim.name in ("sgd", "adam"), f"optim.name must be sgd or adam, got '{cfg.optim.name}'")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
            f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")

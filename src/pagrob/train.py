@@ -30,7 +30,7 @@ from pagrob.config import Config, ConfigError, PagConfig, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment, resolve_mode
 from pagrob.evaluate import alignment_score, clean_accuracy, pgd_results
-from pagrob.losses import pag_terms, sample_target_classes
+from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.models import build_model, default_arch
 from pagrob.runs import RunError, save_model, write_json
 from pagrob.targets import TargetSource, build_source, reference_source_name
@@ -58,6 +58,23 @@ def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
         return x.mean([0, 2, 3]).tolist(), x.std([0, 2, 3]).clamp_min(1e-6).tolist()
     spread = float((x - x.mean(0)).std().clamp_min(1e-6))
     return x.mean(0).tolist(), [spread] * x.shape[1]
+
+
+def build_classifier(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
+    """The configured network for this dataset, its first layer standardising inputs (or not)."""
+    arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
+    mean, std = channel_stats(data.x_train) if cfg.model.normalize == "data" else (None, None)
+    if mean is None:
+        channels = data.input_shape[0]
+        mean, std = [0.0] * channels, [1.0] * channels
+    return build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std), arch
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def make_source(cfg: Config, data: Dataset) -> TargetSource | None:
@@ -116,8 +133,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: Targ
     parts: dict[str, float] = {}
     logits_clean = None
     if targets is not None:
-        logits_clean, cos = pag_terms(model, x, targets, classes)
-        pag = (1 - cos).mean()
+        logits_clean, pag, cos = pag_objective(model, x, targets, classes)  # one class's graph at a time
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
         pag = torch.zeros((), device=x.device)
@@ -265,16 +281,14 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
         raise ConfigError(f"optim.batch_size = {cfg.optim.batch_size} is the global batch and must be at least the "
                           f"number of processes ({ctx.world})")
     torch.manual_seed(cfg.seed)
-    mean, std = channel_stats(data.x_train)
-    arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
-    model = build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std).to(ctx.device)
+    model, arch = build_classifier(cfg, data)
+    model = model.to(ctx.device)
     source = make_source(cfg, data)
     source = source.to(ctx.device) if source is not None else None
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
     aug_mode = resolve_mode(cfg.data.augment, data.name, data.is_image)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)
+    opt = make_optimizer(cfg, model)
     milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     # One permutation stream shared by all ranks; per-rank streams for per-image draws (target classes,
