@@ -219,7 +219,7 @@ def profile_pag(args: argparse.Namespace, device: torch.device, rows: int = 12) 
         for _ in range(2):
             step()
         sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"top operators of the pag step (2 steps, by {key}):")
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=44))
 

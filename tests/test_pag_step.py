@@ -37,11 +37,11 @@ def assert_grads_close(ours, ref):
         torch.testing.assert_close(a, r, rtol=1e-7, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize("arch,shape,k", [("resnet18", (3, 8, 8), 3), ("cnn", (1, 8, 8), 5), ("vit", (3, 8, 8), 2),
+@pytest.mark.parametrize("arch,shape,k", [("resnet18", (3, 8, 8), 2), ("cnn", (1, 8, 8), 5), ("vit", (3, 8, 8), 2),
                                           ("mlp", (2,), 1)])
 def test_pag_objective_matches_one_image_at_a_time_value_and_parameter_gradients(arch, shape, k):
     # batch norm in eval mode: images do not interact, so the per-image contract is well defined
-    model, x, _, classes, targets = problem(arch, shape, k=k, width=16 if arch == "vit" else 4)
+    model, x, _, classes, targets = problem(arch, shape, k=k, b=3, width=16 if arch == "vit" else 4)
     model.eval()
     params = list(model.parameters())
 
@@ -60,7 +60,7 @@ def test_training_step_equals_plain_double_backward_with_batch_norm_statistics(c
     """Training mode couples the images through the batch statistics; the step must still equal the plain
     double backward (pag_terms), with the cross-entropy at the same forward or at another input (AT + PAG),
     and update the running statistics once, as one forward does."""
-    model, x, y, classes, targets = problem("resnet18", (3, 8, 8), b=6)
+    model, x, y, classes, targets = problem("resnet18", (3, 8, 8), k=2, b=4)
     model.train()
     plain = copy.deepcopy(model)
     x_other = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
@@ -100,8 +100,7 @@ def test_a_second_backward_is_refused_instead_of_silently_dropping_the_pag_gradi
 
 def test_a_backward_without_the_pag_term_is_untouched():
     """The stash only flows in a backward pass that contains the PAG loss."""
-    model, x, y, classes, targets = problem("resnet18", (3, 8, 8))
-    model.eval()
+    model, x, y, classes, targets = problem("cnn", (1, 8, 8))
     terms = pag_objective(model, x, targets, classes)
     ce_grads = torch.autograd.grad(F.cross_entropy(terms.logits, y), list(model.parameters()), retain_graph=True)
     ref = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
@@ -122,12 +121,12 @@ def test_second_order_layers_have_autograd_s_second_derivatives(training, affine
     from pagrob.losses import _Pass, _SecondOrderLayers
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 6, 6, dtype=torch.float64, generator=g, requires_grad=True)
-    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
-    bias = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
-    gamma = (torch.rand(6, dtype=torch.float64, generator=g) + 0.5).requires_grad_(affine)
-    beta = torch.randn(6, dtype=torch.float64, generator=g).requires_grad_(affine)
-    mean, var = torch.randn(6, dtype=torch.float64, generator=g), torch.rand(6, dtype=torch.float64, generator=g) + 0.5
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    gamma = (torch.rand(4, dtype=torch.float64, generator=g) + 0.5).requires_grad_(affine)
+    beta = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_(affine)
+    mean, var = torch.randn(4, dtype=torch.float64, generator=g), torch.rand(4, dtype=torch.float64, generator=g) + 0.5
 
     def layers(x, w, bias, gamma, beta):
         with _SecondOrderLayers(_Pass()):
