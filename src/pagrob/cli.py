@@ -1,4 +1,4 @@
-"""The `pagrob` command: demo | train | evaluate | report | sweep | import-checkpoint.
+"""The `pagrob` command: demo | train | evaluate | visualize | report | sweep | import-checkpoint.
 
 Thin: parses arguments and calls the library.
 """
@@ -77,25 +77,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pagrob.evaluate import pgd_results
-    from pagrob.runs import load_run, write_json
+    from pagrob.evaluate import evaluate_run, summary_line
+    from pagrob.runs import load_run
+    from pagrob.train import resolve_device
 
     run = load_run(args.run_dir)
-    cfg = run.config.eval
-    if args.norm:
-        cfg.norms = [args.norm]
-    if args.eps is not None:
-        for norm in cfg.norms:
-            setattr(cfg, f"eps_{norm}", [args.eps])
-    if args.n is not None:
-        cfg.n = args.n
-    data = run.dataset()
-    x, y = run.test_set()
-    rows = pgd_results(run.model, x, y, cfg, data.bounds, progress=not args.quiet)
-    results = run.results
-    results["robust_accuracy"] = results.get("robust_accuracy", []) + rows
-    write_json(run.path / "results.json", results)
-    print(json.dumps(rows, indent=2))
+    device = resolve_device(args.device or run.config.device)
+    try:
+        entries = evaluate_run(run, args.attack, args.norm, args.eps, args.n, args.version, args.alignment, device,
+                               progress=not args.quiet)
+    except ValueError as err:  # an attack that does not fit the data (e.g. apgd-t on two classes)
+        raise ConfigError(str(err)) from None
+    for entry in entries:
+        print(f"{run.config.name}: {summary_line(entry)}")
+    for source, score in run.results.get("alignment_scores", {}).items():
+        print(f"{run.config.name}: alignment with {source}: {score['cosine']:.3f} ({score['n_images']} images)")
+    print(f"results: {run.path / 'results.json'}")
+
+
+def cmd_visualize(args: argparse.Namespace) -> None:
+    from pagrob.visualize import make_figures
+
+    for caption, path in make_figures([Path(d) for d in args.run_dirs], Path(args.out), args.images, args.eps):
+        print(f"{caption}: {path}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -145,14 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchrun --nproc_per_node=N -m pagrob train ...")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="attack a trained run and append to its results.json")
+    from pagrob.attacks.library import VERSIONS
+    from pagrob.evaluate import ATTACKS
+
+    p = sub.add_parser("evaluate", help="attack a trained run (AutoAttack by default), run the gradient-masking "
+                                        "guards, score alignment; update its results.json")
     p.add_argument("run_dir")
-    p.add_argument("--norm", choices=["l2", "linf"])
-    p.add_argument("--eps", type=float)
-    p.add_argument("--n", type=int, help="attack the first N test images")
+    p.add_argument("--attack", choices=ATTACKS, default="autoattack",
+                   help="autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence (torchattacks); pgd: ours")
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2")
+    p.add_argument("--eps", type=float, nargs="+",
+                   help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")
+    p.add_argument("--n", type=int, help="attack the first N test images (default: the run's eval.n; 0: all)")
+    p.add_argument("--version", choices=list(VERSIONS), default="standard",
+                   help="AutoAttack budget: standard (RobustBench's), rand (randomised defences), custom-fast "
+                        "(20 iterations, 3 targets, 1000 Square queries; not comparable with published numbers)")
+    p.add_argument("--alignment", nargs="*", metavar="SOURCE",
+                   help="target sources to score alignment against (default: the run's own and the dataset's "
+                        "reference source)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's config, auto = GPU when there is one)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="write report.md for one or more run folders")
+    p = sub.add_parser("visualize", help="pictures: targeted attacks toward every class (the paper's Figure 1), "
+                                         "input-gradients, toy2d regions, accuracy vs eps")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p.add_argument("--images", type=int, default=4, help="test images per picture (rows)")
+    p.add_argument("--eps", type=float, help="radius of the targeted L2 attacks (default: 0.3 x the range's "
+                                             "L2 diameter)")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("report", help="write report.md and a self-contained report.html for one or more run folders")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)

@@ -1,0 +1,174 @@
+"""Guards against gradient masking (Athalye et al., 2018; Carlini et al., 2019), run with every robust evaluation.
+
+A model can look robust because its gradients are useless to the attack (zero, shattered, saturated),
+not because its decisions are stable. Each guard looks for one symptom:
+
+  in_ball    every adversarial example lies in its eps-ball and the valid range (else the number is a bug);
+  eps_sweep  accuracy under gradient ascent falls to near zero as eps grows to cover the whole input range;
+  blackbox   Square, which never reads a gradient, does not fool clearly more images than the white-box attacks;
+  loss_rise  gradient ascent raises the attack loss by more than random noise of the same size does.
+
+The sweep and the loss probe ascend the margin loss (best other logit minus the true one) with
+normalised steps, not cross-entropy: far from the boundary softmax saturates, cross-entropy's gradient
+underflows to exactly zero, and a healthy model would look masked. They run on evenly spaced images
+of the evaluated set, so ordered test sets (toy2d's are sorted by class) are covered.
+
+Each guard returns a dict with `passed` and, when it failed, a `reason`; `verdict` folds them into
+"ok" or "suspect" plus the reasons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pagrob.attacks import PerturbationError, check_perturbation, project
+from pagrob.attacks.checks import norms
+
+SWEEP_FACTORS = (2.0, 4.0, 8.0)  # multiples of the evaluated eps, capped at the covering eps
+SWEEP_IMAGES = 200
+SWEEP_STEPS = 20
+NEAR_ZERO = 0.05  # largest accuracy accepted at the covering eps
+MONOTONE_SLACK = 0.05  # accuracy may rise this much with eps (attack noise) before it is a symptom
+BLACKBOX_MIN_IMAGES = 3  # Square may fool this many images the white-box attacks missed ...
+BLACKBOX_FRACTION = 0.02  # ... or this fraction of the evaluated images, whichever is larger
+PROBE_IMAGES = 100
+PROBE_STEPS = 10
+RISE_FRACTION = 0.8  # share of images where ascent must beat noise
+
+
+def _guard(passed: bool, reason: str, **details) -> dict:
+    return {"passed": bool(passed), **details, **({} if passed else {"reason": reason})}
+
+
+def outside_ball(x: Tensor, x_adv: Tensor, norm: str, eps: float, bounds: tuple[float, float] | None
+                 ) -> tuple[Tensor, str | None]:
+    """(per-image mask of examples that break the ball or range, check_perturbation's message or None)."""
+    try:
+        check_perturbation(x, x_adv, norm, eps, bounds)
+        return torch.zeros(len(x), dtype=torch.bool, device=x.device), None
+    except PerturbationError as err:
+        finite = torch.isfinite(x_adv).flatten(1).all(1)
+        bad = ~finite | (norms((x_adv - x).double(), norm) > eps * (1 + 1e-4) + 1e-6)
+        if bounds is not None:
+            bad |= ((x_adv < bounds[0] - 1e-6) | (x_adv > bounds[1] + 1e-6)).flatten(1).any(1)
+        return bad, str(err)
+
+
+def in_ball(violations: int, n: int, message: str | None) -> dict:
+    """Guard (a), from the counts gathered while attacking. Offending examples were counted as not fooled."""
+    return _guard(violations == 0, f"{violations} of {n} adversarial examples were invalid ({message}); "
+                                   "they were counted as not fooled", violations=violations)
+
+
+def covering_eps(x: Tensor, norm: str, bounds: tuple[float, float] | None, eps: float = 0.0) -> float:
+    """An eps whose ball reaches every valid input: the range's diameter; for unbounded inputs the evaluated
+    points' spread, or the sweep's largest multiple of eps when that is more (the points may be one class)."""
+    if bounds is not None:
+        width = bounds[1] - bounds[0]
+        return width * math.sqrt(x[0].numel()) if norm == "l2" else width
+    spread = x.amax(0) - x.amin(0)
+    return max(float(spread.norm()) if norm == "l2" else float(spread.max()), SWEEP_FACTORS[-1] * eps)
+
+
+def sweep_grid(eps: float, cover: float) -> list[float]:
+    return sorted({min(eps * f, cover) for f in SWEEP_FACTORS} | {cover})
+
+
+def spread(x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """k evenly spaced examples (all when there are fewer)."""
+    if len(x) <= k:
+        return x, y
+    idx = torch.linspace(0, len(x) - 1, k, device=x.device).round().long()
+    return x[idx], y[idx]
+
+
+def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bounds: tuple[float, float] | None,
+              batch_size: int = 256) -> dict:
+    """Guard (b): accuracy under margin ascent on a growing eps grid must not rise and must end near zero."""
+    grid = sweep_grid(eps, covering_eps(x, norm, bounds, eps))
+    x, y = spread(x, y, SWEEP_IMAGES)
+    accs = []
+    for e in grid:
+        correct = 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            x_adv = margin_ascent(model, xb, yb, norm, e, bounds, SWEEP_STEPS)
+            with torch.no_grad():
+                correct += int((model(x_adv).argmax(1) == yb).sum())
+        accs.append(correct / max(len(x), 1))
+    rises = [f"{a:.0%} at eps={e:g} after {b:.0%} at eps={d:g}" for d, e, b, a in zip(grid, grid[1:], accs, accs[1:])
+             if a > b + MONOTONE_SLACK]
+    reasons = rises + ([f"accuracy is still {accs[-1]:.0%} at eps={grid[-1]:g}, the sweep's largest radius, where "
+                        "it should be near 0"] if accs[-1] > NEAR_ZERO else [])
+    return _guard(not reasons, "; ".join(reasons), eps=grid, accuracy=accs, n_examples=len(x))
+
+
+def blackbox(whitebox_survivors: int, blackbox_extra: int, n: int, queries: int) -> dict:
+    """Guard (c): `blackbox_extra` = images Square fooled among the `whitebox_survivors` the gradients could not."""
+    limit = max(BLACKBOX_MIN_IMAGES, BLACKBOX_FRACTION * n)
+    return _guard(blackbox_extra <= limit,
+                  f"the black-box Square attack fooled {blackbox_extra} of {n} images that the white-box attacks "
+                  f"could not (limit {limit:g})", whitebox_survivors=whitebox_survivors, blackbox_extra=blackbox_extra,
+                  square_queries=queries)
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Best other logit minus the true one: the attack's loss, never saturating like cross-entropy can."""
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return others - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def _unit(v: Tensor, norm: str) -> Tensor:
+    if norm == "linf":
+        return v.sign()
+    return v / norms(v, "l2").clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def margin_ascent(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
+                  bounds: tuple[float, float] | None, steps: int) -> Tensor:
+    """PGD on the margin loss from x itself, keeping each image's best iterate.
+
+    No random start: a zero gradient must leave x where it is. Keeping the best iterate stops large
+    steps (large eps) from oscillating across a thin class region and losing what they found.
+    """
+    with torch.no_grad():
+        best, best_margin = x.clone(), margin(model(x), y)
+    x_adv, step = x.clone(), 2.5 * eps / steps
+    for i in range(steps + 1):
+        x_adv.requires_grad_(True)
+        m = margin(model(x_adv), y)
+        better = m.detach() > best_margin
+        best[better], best_margin[better] = x_adv.detach()[better], m.detach()[better]
+        if i == steps:
+            break
+        (grad,) = torch.autograd.grad(m.sum(), x_adv)
+        x_adv = project(x, x_adv.detach() + step * _unit(grad, norm), norm, eps, bounds)
+    return best
+
+
+def loss_rise(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bounds: tuple[float, float] | None,
+              seed: int = 0) -> dict:
+    """Guard (d): gradient ascent on the margin within the eps-ball must beat random noise of size eps."""
+    x, y = spread(x, y, PROBE_IMAGES)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x)
+    x_noise = project(x, x + eps * _unit(noise, norm), norm, eps, bounds)
+    x_adv = margin_ascent(model, x, y, norm, eps, bounds, PROBE_STEPS)
+    with torch.no_grad():
+        start, noisy, ascent = (margin(model(v), y) for v in (x, x_noise, x_adv))
+    tol = 1e-4 * start.abs().clamp_min(1.0)
+    beats = (ascent - start > (noisy - start).clamp_min(0) + tol).float().mean().item()
+    return _guard(beats >= RISE_FRACTION,
+                  f"gradient ascent raised the margin loss more than random noise on only {beats:.0%} of images "
+                  f"(need {RISE_FRACTION:.0%}): the gradients do not point uphill",
+                  fraction=beats, margin_start=start.mean().item(), margin_noise=noisy.mean().item(),
+                  margin_ascent=ascent.mean().item(), n_examples=len(x))
+
+
+def verdict(guards: dict[str, dict]) -> tuple[str, list[str]]:
+    """("ok" | "suspect", the failed guards' reasons)."""
+    reasons = [f"{name}: {g['reason']}" for name, g in guards.items() if not g["passed"]]
+    return ("suspect" if reasons else "ok"), reasons

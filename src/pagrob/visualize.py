@@ -1,0 +1,227 @@
+"""The pictures that show PAG: large-eps targeted attacks (the paper's Figure 1), input-gradient maps,
+toy2d decision regions, and accuracy-versus-eps curves. PNG files, one per picture and dataset.
+
+A model with perceptually aligned gradients turns an image into something that looks like the target
+class when pushed far toward it; a vanilla model adds noise. Its input-gradients look like edits to
+the image rather than static.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from pagrob.attacks import PGD  # noqa: E402
+from pagrob.data import Dataset  # noqa: E402
+from pagrob.losses import class_input_gradients  # noqa: E402
+from pagrob.runs import Run, load_run, read_results  # noqa: E402
+
+LARGE_EPS_FRACTION = 0.3  # default targeted radius: this fraction of the image range's L2 diameter
+TARGETED_STEPS = 60
+MAX_TARGET_COLUMNS = 10  # datasets with more classes show the first ten
+
+
+def pick_images(y: Tensor, k: int) -> Tensor:
+    """Indices of the first test image of each of the first k classes met, in test order (varied rows)."""
+    seen: dict[int, int] = {}
+    for i, label in enumerate(y.tolist()):
+        if label not in seen:
+            seen[label] = i
+            if len(seen) == k:
+                break
+    return torch.tensor(list(seen.values()))
+
+
+def default_eps(x: Tensor, bounds: tuple[float, float] | None) -> float:
+    lo, hi = bounds or (float(x.min()), float(x.max()))
+    return LARGE_EPS_FRACTION * (hi - lo) * math.sqrt(x[0].numel())
+
+
+def targeted_images(run: Run, x: Tensor, eps: float, classes: Sequence[int], bounds: tuple[float, float] | None,
+                    steps: int = TARGETED_STEPS) -> Tensor:
+    """(len(x), len(classes), C, H, W): each image pushed by targeted L2 PGD (no random start) toward each class."""
+    k = len(classes)
+    xs = x.repeat_interleave(k, 0)
+    targets = torch.tensor(list(classes)).repeat(len(x))
+    attack = PGD(run.model, "l2", eps, steps, random_start=False, bounds=bounds, targeted=True)
+    return attack(xs, targets).view(len(x), k, *x.shape[1:])
+
+
+def _show(ax, image: Tensor) -> None:
+    """An image (C, H, W) in [0, 1], grey or colour, without axes."""
+    img = image.detach().clamp(0, 1).cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid_size(count: int) -> tuple[int, int]:
+    cols = min(count, 2)
+    return math.ceil(count / cols), cols
+
+
+def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, eps: float | None = None,
+                  steps: int = TARGETED_STEPS) -> Path:
+    """The paper's Figure 1: rows are test images, columns the target classes; one panel per run."""
+    idx = pick_images(data.y_test, n_images)
+    x, y = data.x_test[idx], data.y_test[idx]
+    eps = eps or default_eps(x, data.bounds)
+    classes = list(range(min(data.num_classes, MAX_TARGET_COLUMNS)))
+    rows, cols = _grid_size(len(runs))
+    cell = 0.75 if x.shape[-1] <= 16 else 1.0
+    fig = plt.figure(figsize=(cols * cell * (len(classes) + 1) + 0.3, rows * cell * (len(x) + 0.9) + 0.6),
+                     layout="constrained")
+    panels = fig.subfigures(rows, cols, squeeze=False).flatten()
+    for panel, run in zip(panels, runs):
+        pushed = targeted_images(run, x, eps, classes, data.bounds, steps)
+        with torch.no_grad():
+            reached = run.model(pushed.flatten(0, 1)).argmax(1).view(len(x), len(classes))
+        axes = panel.subplots(len(x), len(classes) + 1, squeeze=False)
+        for i in range(len(x)):
+            _show(axes[i, 0], x[i])
+            axes[i, 0].set_ylabel(f"class {int(y[i])}", fontsize=8)
+            for j, c in enumerate(classes):
+                ax = axes[i, j + 1]
+                _show(ax, pushed[i, j])
+                if reached[i, j] != c:  # the attack did not reach its target: frame the cell
+                    for side in ax.spines.values():
+                        side.set(color="red", linewidth=1.5)
+        axes[0, 0].set_title("input", fontsize=8)
+        for j, c in enumerate(classes):
+            axes[0, j + 1].set_title(f"→ {c}", fontsize=8)
+        panel.suptitle(f"{run.config.name} ({run.config.method})", fontsize=10)
+    for panel in panels[len(runs):]:
+        panel.set_visible(False)
+    fig.suptitle(f"{data.name}: targeted L2 PGD toward each class (ε={eps:.3g}, {steps} steps; "
+                 "red frame: target not reached)", fontsize=10)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def input_gradients(run: Run, x: Tensor, y: Tensor) -> Tensor:
+    """grad_x log p(y | x) for each image, at its own label."""
+    xr = x.detach().requires_grad_(True)
+    return class_input_gradients(run.model(xr), xr, y[:, None], create_graph=False)[:, 0].detach()
+
+
+def _show_gradient(ax, g: Tensor) -> None:
+    """Grey images: a diverging map centred on 0; colour: the gradient as an image around mid-grey."""
+    scale = float(g.abs().max()) or 1.0
+    if g.shape[0] == 1:
+        ax.imshow(g[0].cpu().numpy(), cmap="seismic", vmin=-scale, vmax=scale, interpolation="nearest")
+    else:
+        ax.imshow((0.5 + g / (2 * scale)).clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_gradients(runs: list[Run], data: Dataset, out: Path, n_images: int = 6) -> Path:
+    """Rows: test images; columns: the image, then grad_x log p(y | x) of each run (each map scaled to its max)."""
+    idx = pick_images(data.y_test, n_images)
+    x, y = data.x_test[idx], data.y_test[idx]
+    grads = [input_gradients(run, x, y) for run in runs]
+    cell = 1.1
+    fig, axes = plt.subplots(len(x), len(runs) + 1, squeeze=False,
+                             figsize=(max(cell * (len(runs) + 1) + 0.6, 3.6), cell * len(x) + 1.2))
+    for i in range(len(x)):
+        _show(axes[i, 0], x[i])
+        axes[i, 0].set_ylabel(f"class {int(y[i])}", fontsize=8)
+        for j, g in enumerate(grads):
+            _show_gradient(axes[i, j + 1], g[i])
+    axes[0, 0].set_title("input", fontsize=8)
+    for j, run in enumerate(runs):
+        axes[0, j + 1].set_title(run.config.name, fontsize=7, rotation=20)
+    fig.suptitle(f"{data.name}: input-gradients ∇x log p(y|x)\n(red +, blue −; each map scaled to its max)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _curve_label(entry: dict) -> str:
+    version = entry.get("version", "standard")
+    return entry["attack"] + ("" if version == "standard" else f" [{version}]")
+
+
+def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
+    """Robust accuracy against eps from results.json: one panel per norm, one colour per run, one line style per
+    attack; eps 0 is the clean accuracy on the attacked images. Hollow markers: a guard marked the point suspect."""
+    from matplotlib.lines import Line2D
+
+    results = [r for r in (read_results(d) for d in run_dirs) if r]
+    norms = sorted({e["norm"] for r in results for e in r.get("robust_accuracy", [])})
+    fig, axes = plt.subplots(1, max(len(norms), 1), figsize=(5.2 * max(len(norms), 1) + 2.4, 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    styles = {"autoattack": "-", "pgd": "--"}
+    labels: set[str] = set()
+    for ax, norm in zip(axes[0], norms):
+        for k, r in enumerate(results):
+            entries = [e for e in r.get("robust_accuracy", []) if e["norm"] == norm]
+            for label in sorted({_curve_label(e) for e in entries}):
+                labels.add(label)
+                points = sorted((e for e in entries if _curve_label(e) == label), key=lambda e: e["eps"])
+                clean = points[0].get("clean_accuracy", r["clean_accuracy"])
+                eps = [0.0] + [e["eps"] for e in points]
+                acc = [100 * clean] + [100 * e["accuracy"] for e in points]
+                colour = colours(k % 10)
+                ax.plot(eps, acc, styles.get(label.split()[0], ":"), color=colour)
+                suspect = [e.get("verdict") == "suspect" for e in points]
+                ax.scatter(eps[1:], acc[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
+                           edgecolors=[colour] * len(points))
+        ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'})")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'} robust accuracy", fontsize=10)
+    # One legend for all panels: colours name the runs, line styles the attacks.
+    handles = [Line2D([], [], color=colours(k % 10), label=r["name"]) for k, r in enumerate(results)]
+    handles += [Line2D([], [], color="k", linestyle=styles.get(label.split()[0], ":"), label=label)
+                for label in sorted(labels)]
+    handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="suspect"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    datasets = ", ".join(sorted({r["dataset"] for r in results}))
+    fig.suptitle(f"{datasets}: accuracy versus ε (ε = 0: clean accuracy)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps: float | None = None
+                 ) -> list[tuple[str, Path]]:
+    """Every picture that applies to the runs, grouped by dataset: [(caption, path)]."""
+    from pagrob.report import plot_toy_boundaries
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_dataset: dict[str, list[Path]] = {}
+    for d in map(Path, run_dirs):
+        by_dataset.setdefault(load_run(d).config.data.name, []).append(d)
+    figures = []
+    for dataset, dirs in by_dataset.items():
+        name = dataset.replace(":", "_").replace("/", "_")
+        runs = [load_run(d) for d in dirs]
+        data = runs[0].dataset()
+        if data.is_image:
+            figures.append((f"{dataset}: targeted attacks toward every class (Figure 1)",
+                            plot_targeted(runs, data, out_dir / f"{name}_targeted.png", n_images, eps)))
+            figures.append((f"{dataset}: input-gradient maps",
+                            plot_gradients(runs, data, out_dir / f"{name}_gradients.png", max(n_images, 6))))
+        elif dataset == "toy2d":
+            figures.append(("toy2d: decision regions", plot_toy_boundaries(dirs, out_dir / "toy2d_boundaries.png")))
+        if any(read_results(d).get("robust_accuracy") for d in dirs):
+            figures.append((f"{dataset}: accuracy versus ε",
+                            plot_accuracy_vs_eps(dirs, out_dir / f"{name}_accuracy_vs_eps.png")))
+    return figures

@@ -1,0 +1,80 @@
+"""Pictures and reports: the files exist, read back, and say what they should."""
+
+import base64
+import json
+import re
+
+import pytest
+import torch
+
+from pagrob.cli import main
+from pagrob.report import results_table, write_report
+from pagrob.runs import load_run
+from pagrob.visualize import make_figures, pick_images, targeted_images
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A short digits run and a short toy2d run, each with one AutoAttack entry."""
+    root = tmp_path_factory.mktemp("runs")
+    common = ["--set", "eval.n=40"]
+    main(["--quiet", "train", "--out", str(root / "digits"), "--set", "data.name=digits", "--set", "model.width=8",
+          "--set", "optim.epochs=10",
+          "--set", "optim.lr=0.05", "--set", "eval.eps_l2=[0.5,1.0]", "--set", "name=digits", *common])
+    main(["--quiet", "train", "--out", str(root / "toy"), "--set", "eval.eps_l2=[15]", "--set", "name=toy",
+          "--set", "optim.epochs=3", *common])
+    for run, eps in (("digits", "1.0"), ("toy", "15")):
+        assert main(["--quiet", "evaluate", str(root / run), "--version", "custom-fast", "--eps", eps]) == 0
+    return root / "digits", root / "toy"
+
+
+def test_pick_images_takes_the_first_image_of_each_new_class():
+    y = torch.tensor([3, 3, 1, 3, 0, 1, 2])
+    assert pick_images(y, 3).tolist() == [0, 2, 4]
+
+
+def test_targeted_attack_reaches_most_targets_at_large_eps(runs):
+    run = load_run(runs[0])
+    data = run.dataset()
+    x = data.x_test[:3]
+    pushed = targeted_images(run, x, 3.0, range(10), data.bounds)
+    assert pushed.shape == (3, 10, 1, 8, 8)
+    reached = run.model(pushed.flatten(0, 1)).argmax(1).view(3, 10) == torch.arange(10)
+    assert reached.float().mean() > 0.9
+    assert (pushed - x[:, None]).flatten(2).norm(dim=2).max() <= 3.0 + 1e-4
+
+
+def test_visualize_writes_every_picture_that_applies(runs, tmp_path, capsys):
+    assert main(["visualize", str(runs[0]), str(runs[1]), "--out", str(tmp_path), "--images", "3"]) == 0
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["digits_accuracy_vs_eps.png", "digits_gradients.png", "digits_targeted.png",
+                     "toy2d_accuracy_vs_eps.png", "toy2d_boundaries.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in tmp_path.glob("*.png"))
+    assert "Figure 1" in capsys.readouterr().out
+
+
+def test_report_html_is_self_contained_and_carries_the_tables(runs, tmp_path):
+    md = write_report(list(runs), tmp_path, "t", "notes here")
+    html = (tmp_path / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "src=\"http" not in html and "<link" not in html  # nothing fetched when opened offline
+    for text in ("autoattack [custom-fast] L2 1", "gradient-masking guards", "images fooled by each component",
+                 "alignment scores", "notes here"):
+        assert text in html, text
+    assert "autoattack [custom-fast] L2 1" in md.read_text() and "digits_targeted.png" in md.read_text()
+    results = json.loads((runs[0] / "results.json").read_text())
+    verdict = [e["verdict"] for e in results["robust_accuracy"] if e["attack"] == "autoattack"][0]
+    assert f"<td class=\"{'good' if verdict == 'ok' else 'bad'}\">{verdict}</td>" in html
+
+
+def test_results_table_keeps_its_markdown_shape(runs):
+    table = results_table(list(runs))
+    assert "### digits" in table and "### toy2d" in table
+    head = [line for line in table.splitlines() if line.startswith("| run")][0]
+    assert "pgd L2 0.5" in head and "autoattack [custom-fast] L2 1" in head
+
+
+def test_figures_skip_what_does_not_apply(runs, tmp_path):
+    captions = [c for c, _ in make_figures([runs[1]], tmp_path)]
+    assert captions == ["toy2d: decision regions", "toy2d: accuracy versus ε"]
