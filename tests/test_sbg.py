@@ -170,3 +170,18 @@ def test_sbg_config_errors_name_the_fix(tmp_path):
     cfg = load_config(None, ["pag.source=sbg", f"pag.score_model={tmp_path / 'm'}", "pag.sbg_t=1000"])
     with pytest.raises(ConfigError, match="outside"):
         build_source("sbg", cfg.pag, _tiny_digits())
+
+
+def test_stable_target_is_the_posterior_mean_over_the_references():
+    from pagrob.diffusion.train import stable_target
+
+    g = torch.Generator().manual_seed(0)
+    u, eps = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    alpha, sigma = torch.full((6, 1), 0.8), torch.full((6, 1), 0.6)
+    u_t = alpha * u + sigma * eps
+    labels = torch.arange(6)  # each sample's label matches only its own source: the target is its own noise
+    torch.testing.assert_close(stable_target(u_t, alpha, sigma, labels, 99, u, torch.arange(6)), eps)
+    null = torch.full((6,), 99)  # null: every reference counts, weighted by its likelihood of producing u_t
+    w = torch.softmax(-((u_t[:, None] - alpha[:, None] * u[None]) ** 2).sum(-1) / (2 * sigma ** 2), dim=1)
+    want = (u_t - alpha * (w @ u)) / sigma
+    torch.testing.assert_close(stable_target(u_t, alpha, sigma, null, 99, u, torch.arange(6)), want)

@@ -173,3 +173,16 @@ def test_training_opens_the_store_from_the_config_and_gets_batch_rows(tmp_path):
 def test_missing_store_names_the_build_command(tmp_path):
     with pytest.raises(StoreError, match="pagrob targets build"):
         open_store(tmp_path / "nothing", tiny())
+
+
+def test_cli_builds_a_store_and_reports_a_mismatch(tmp_path, capsys):
+    from pagrob.cli import main
+
+    out = tmp_path / "s"
+    assert main(["--quiet", "targets", "build", "--dataset", "toy2d", "--source", "exact", "--set", "pag.sigma=10",
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == {"name": "exact", "params": {"sigma": 10.0}} and manifest["complete"]
+    assert set(manifest["splits"]) == {"train", "test"}
+    assert main(["--quiet", "targets", "build", "--dataset", "toy2d", "--source", "exact", "--out", str(out)]) == 2
+    assert "built differently" in capsys.readouterr().err

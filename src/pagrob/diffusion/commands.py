@@ -37,7 +37,8 @@ def cmd_train_score_model(args: argparse.Namespace) -> None:
 
     data = load_dataset(args.dataset, args.data_dir)
     cfg = ScoreTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                           label_dropout=args.label_dropout, seed=args.seed, t_min=args.t_min, t_max=args.t_max)
+                           label_dropout=args.label_dropout, seed=args.seed, t_min=args.t_min, t_max=args.t_max,
+                           reference=args.reference)
     out = train_score_model(data, Path(args.out), cfg, resolve_device(args.device), progress=not args.quiet)
     print(f"score model: {out}")
 
@@ -74,6 +75,8 @@ def add_targets_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-dropout", type=float, default=0.2, help="rate of null labels (unconditional score)")
     p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..t-max only (SBG queries one)")
     p.add_argument("--t-max", type=int, default=-1, help="-1: the schedule's last timestep")
+    p.add_argument("--reference", type=int, default=0,
+                   help="stable (reduced-variance) targets over this many reference images per step; 0: plain DSM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train_score_model)

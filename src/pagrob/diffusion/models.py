@@ -87,10 +87,11 @@ def _sinusoidal(values: Tensor, dim: int) -> Tensor:
 
 
 class ToyScoreMLP(ScoreModel):
-    """VE noise model for points: eps_hat = MLP([u_t / sqrt(1 + sigma^2), emb(log sigma), emb(label)]).
+    """VE noise model for points: eps_hat = MLP([v, sin(v F), cos(v F), emb(log sigma), emb(label)]),
+    v = u_t / sqrt(1 + sigma^2).
 
-    The input is divided by its expected std (the data is scaled to unit std) so the network sees inputs of
-    one size at every noise level.
+    v has about unit std at every noise level (the data is scaled to unit std); the fixed random Fourier
+    features F let a small MLP fit the sharp changes of the score between nearby modes in few steps.
     """
 
     kind = "toy-mlp-ve"
@@ -103,7 +104,8 @@ class ToyScoreMLP(ScoreModel):
         dim = input_shape[0]
         self.emb = 32
         self.label_embedding = nn.Embedding(num_classes + 1, self.emb)
-        self.net = nn.Sequential(nn.Linear(dim + 2 * self.emb, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+        self.register_buffer("frequencies", 3 * torch.randn(dim, self.emb, generator=torch.Generator().manual_seed(0)))
+        self.net = nn.Sequential(nn.Linear(dim + 4 * self.emb, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
                                  nn.Linear(width, width), nn.SiLU(), nn.Linear(width, dim))
         sigmas_x = (torch.arange(self.TIMESTEPS, dtype=torch.float64) + 1) / 10
         self.register_buffer("sigmas", (sigmas_x / self.scale).float(), persistent=False)
@@ -118,8 +120,9 @@ class ToyScoreMLP(ScoreModel):
 
     def predict_eps(self, u_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         sigma = self.sigmas[t]
-        features = [u_t / (1 + sigma[:, None] ** 2).sqrt(), _sinusoidal(sigma.log() / 4, self.emb),
-                    self.label_embedding(labels)]
+        v = u_t / (1 + sigma[:, None] ** 2).sqrt()
+        angles = v @ self.frequencies
+        features = [v, angles.sin(), angles.cos(), _sinusoidal(sigma.log() / 4, self.emb), self.label_embedding(labels)]
         return self.net(torch.cat(features, dim=1))
 
     def meta(self) -> dict:
@@ -197,7 +200,7 @@ class UNetScore(ScoreModel):
     def load(cls, path: Path, meta: dict | None) -> "UNetScore":
         from diffusers import DDPMScheduler, UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(str(path / "unet"), use_safetensors=True)
+        unet = UNet2DModel.from_pretrained(str(path / "unet"), use_safetensors=True, low_cpu_mem_usage=False)
         scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))
         embeds = unet.config.num_class_embeds
         if not embeds or unet.config.class_embed_type is not None:

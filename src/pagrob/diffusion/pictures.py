@@ -73,8 +73,8 @@ def sbg_figures(run_dirs: list[Path], out_dir: Path, images: int = 5) -> list[tu
         x, y = data.x_test[:images], data.y_test[:images]
         targets = source(x, torch.arange(data.num_classes).expand(len(x), -1))
         agreement = class_mean_agreement(targets, x, data.x_train, data.y_train)
-        caption = (f"{data.name}: score-based targets of {run.config.name} for every class t (rows: g(x, t), then x "
-                   f"moved along it, which should look like class t; mean cosine with mean_t - x: {agreement:.2f})")
+        caption = (f"{data.name}: SBG targets g(x, t) of {run.config.name}; x moved along each should look like "
+                   f"class t (cosine with mean_t - x: {agreement:.2f})")
         path = plot_targets(x, y, targets, out_dir / f"{data.name}_sbg_targets.png", f"{run.config.name}: SBG targets")
         return [(caption, path)]
     return []
