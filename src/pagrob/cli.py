@@ -1,4 +1,4 @@
-"""The `pagrob` command: demo | train | evaluate | visualize | report | sweep | import-checkpoint.
+"""The `pagrob` command: demo | train | targets | evaluate | visualize | report | sweep | import-checkpoint.
 
 Thin: parses arguments and calls the library.
 """
@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: the --out folder's name)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=cmd_import_checkpoint)
+
+    from pagrob.diffusion.commands import add_targets_parser
+
+    add_targets_parser(sub)
     return parser
 
 

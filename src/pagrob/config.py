@@ -43,7 +43,7 @@ class PagConfig:
     nn_sample: int = 200  # images per class searched by the `nn` source
     seed: int = 0  # chooses the OI images and the NN sample
     score_model: str = ""  # sbg: score-model folder (pagrob targets train-score-model)
-    sbg_t: int = 200  # sbg: diffusion timestep of the score query (toy2d score models: noise level (t + 1) / 10)
+    sbg_t: int = 300  # sbg: diffusion timestep of the score query (toy2d score models: noise level (t + 1) / 10)
     sbg_draws: int = 1  # sbg: noise draws averaged per image; 0 queries the noise-free point
     # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
     lam_warmup_fraction: float = 0.0

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from pagrob.config import load_config
+from pagrob.diffusion import demo_assets as sbg_assets
 from pagrob.evaluate import evaluate_run, summary_line
 from pagrob.report import write_report
 from pagrob.runs import load_run, read_results
-from pagrob.train import train
+from pagrob.train import resolve_device, train
 
 # Shared settings: the same training and evaluation for every run of a dataset, so only the method differs.
 TOY = ["data.name=toy2d", "optim.epochs=10", "optim.lr=0.05", "eval.norms=[l2]", "eval.eps_l2=[5,10,15,20,30]",
@@ -27,10 +28,13 @@ DIGITS = ["data.name=digits", "optim.epochs=30", "optim.lr=0.05", "model.width=1
 RUNS: dict[str, list[str]] = {
     "toy2d-vanilla": TOY,
     "toy2d-pag-exact": TOY + ["pag.source=exact", "pag.sigma=5"],
+    # Score-based targets from a score model the demo trains (and, for digits, a target store it builds) once.
+    "toy2d-pag-sbg": TOY + sbg_assets.TOY_SBG,
     "digits-vanilla": DIGITS,
     "digits-pag-oi": DIGITS + ["pag.source=oi"],
     "digits-pag-cm": DIGITS + ["pag.source=cm"],
     "digits-pag-nn": DIGITS + ["pag.source=nn"],
+    "digits-pag-sbg": DIGITS + sbg_assets.DIGITS_SBG,
     # Madry L2 adversarial training at eps 0.5 (7 PGD steps), alone and with the PAG class-mean term.
     # (At eps 1.0 this small CNN does not learn at all under PGD-AT: clean accuracy stays near chance.)
     "digits-at-l2": DIGITS + ["adv.method=pgd", "adv.eps=0.5"],
@@ -63,7 +67,9 @@ def run_demo(out: Path, progress: bool = True, only: list[str] | None = None) ->
     for name, overrides in RUNS.items():
         if only and name not in only:
             continue
-        cfg = load_config(None, overrides + [f"name={name}"])
+        cfg = load_config(None, [o.replace("{assets}", str(out / "assets")) for o in overrides] + [f"name={name}"])
+        if any("{assets}" in o for o in overrides):  # score model / SBG store, made once and reused
+            sbg_assets.prepare(out / "assets", cfg.data.name, resolve_device(cfg.device), progress)
         dirs.append(train(cfg, out / name, progress))
         if progress:
             print(f"[demo] {name} done after {time.perf_counter() - start:.0f} s", flush=True)
