@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Versions known to install together (pip's resolver gives up on diffusers' huggingface-hub/httpx2 tree
+# without them). `make test CONSTRAINTS=` drops them.
+CONSTRAINTS ?= -c constraints.txt
 STAMP := $(VENV)/.pagrob-installed
 OUT ?= runs/demo
 
@@ -12,11 +15,11 @@ OUT ?= runs/demo
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
