@@ -22,7 +22,6 @@ from pagrob.config import Config
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import resolve_mode
 from pagrob.data.images import TORCHVISION
-from pagrob.models import build_model, default_arch
 from pagrob.targets import TargetSource
 
 # Image shape, train and test sizes of the torchvision datasets, so no file is needed to know them.
@@ -135,7 +134,8 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
 
     With `timing`, the step is repeated and a vanilla step on the same model and batch is timed beside it.
     """
-    from pagrob.train import _adversary, check_against_data, channel_stats, lam_at, make_source, resolve_device
+    from pagrob.train import (_adversary, build_classifier, check_against_data, lam_at, make_optimizer,
+                              make_source, resolve_device)
 
     device = resolve_device(cfg.device)
     info, data = describe_dataset(cfg)
@@ -164,13 +164,11 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
         source = make_source(cfg, data)
     source = source.to(device) if source is not None else None
 
-    arch = default_arch(info.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
-    mean, std = channel_stats(data.x_train)
-    model = build_model(arch, info.input_shape, info.num_classes, cfg.model.width, mean, std).to(device).train()
+    model, arch = build_classifier(cfg, data)
+    model = model.to(device).train()
     adversary = _adversary(cfg, model, info.bounds, generator)
     aug_mode = resolve_mode(cfg.data.augment, info.name, len(info.input_shape) == 3)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)
+    opt = make_optimizer(cfg, model)
 
     _, parts = _timed_step(model, x, y, cfg, source, adversary, info.num_classes, generator, aug_mode, opt)
     if not all(math.isfinite(v) for v in parts.values()):
