@@ -89,3 +89,23 @@ def test_wrong_arch_and_pickled_code_are_refused(tmp_path):
     torch.save({"conv1.weight": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(RunError, match="weights_only"):
         import_checkpoint(tmp_path / "evil.pt", "resnet18", tmp_path / "run2")
+
+
+def test_an_imported_run_gets_its_clean_accuracy_at_its_first_evaluation_and_reports(tmp_path):
+    """The import knows no test set result; `evaluate` fills it in, so `report` has its table row."""
+    import numpy as np
+
+    from pagrob.evaluate import evaluate_run
+    from pagrob.report import write_report
+
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for k, n in (("x_train", 20), ("x_test", 8))}
+    arrays.update(y_train=np.arange(20) % 10, y_test=np.arange(8) % 10)
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    torch.save(_authors_layout(resnet18(3, 10, 4)), tmp_path / "rn.pt")
+    run_dir = import_checkpoint(tmp_path / "rn.pt", "resnet18", tmp_path / "run", dataset=f"npz:{tmp_path / 'tiny.npz'}")
+    assert "clean_accuracy" not in load_run(run_dir).results
+    evaluate_run(load_run(run_dir), "pgd", "l2", [0.1], n=4, alignment=[], progress=False)
+    results = load_run(run_dir).results
+    assert 0.0 <= results["clean_accuracy"] <= 1.0 and results["n_test"] == 8
+    assert "imported-pag-rob" in write_report([run_dir], tmp_path / "report").read_text()

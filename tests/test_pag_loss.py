@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pagrob.losses import pag_loss, pag_terms, sample_target_classes
+from pagrob.losses import pag_loss, pag_objective, pag_terms, sample_target_classes
 from pagrob.models import build_model
 
 from contract import brute_force
@@ -40,6 +40,35 @@ def test_confident_predictions_keep_the_true_class_gradient_direction():
     target = (model.weight[0] - model.weight[1]).detach().view(1, 1, 2)
     _, cos = pag_terms(model, x, target, torch.tensor([[0]]))
     assert cos.item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_huge_logit_gap_keeps_every_class_direction_and_finite_parameter_gradients(fast):
+    """Logit gap 160: p_1 = e^-160 underflows float32, so grad log p(1 | x) computed plainly is exactly 0 (its
+    cosine 0, the cosine's derivative NaN). Its direction, w_1 - w_0 for a linear model, must survive."""
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[80.0, 0.0], [0.0, -80.0]]))
+    x = torch.tensor([[1.0, 1.0]])
+    w = model.weight.detach()
+    targets = torch.stack([w[0] - w[1], w[1] - w[0]]).view(1, 2, 2)
+    classes = torch.tensor([[0, 1]])
+    loss = pag_objective(model, x, targets, classes).loss if fast else pag_loss(model, x, targets, classes)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(model.weight.grad).all()
+
+
+def test_a_zero_target_has_cosine_zero_and_finite_gradients():
+    model = build_model("mlp", (2,), 2, width=8)
+    x = torch.randn(4, 2)
+    classes = torch.tensor([[0, 1]]).expand(4, 2)
+    targets = torch.randn(4, 2, 2)
+    targets[0] = 0.0
+    _, cos = pag_terms(model, x, targets, classes)
+    assert cos[0].abs().max().item() == 0.0 and cos[1:].abs().min().item() > 0
+    (1 - cos).mean().backward()
+    assert all(torch.isfinite(prm.grad).all() for prm in model.parameters())
 
 
 def test_pag_loss_is_zero_for_targets_equal_to_the_model_gradients_and_two_for_opposite():

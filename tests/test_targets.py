@@ -59,6 +59,18 @@ def test_exact_toy_gradients_match_autograd_of_the_mixture_log_posterior():
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
 
 
+def test_exact_toy_gradients_keep_their_direction_where_the_posterior_saturates():
+    """With two classes grad log p(0|x) = -p(1|x) grad l and grad log p(1|x) = p(0|x) grad l (l the log-odds),
+    so the two always point in opposite directions. At sigma = 5 p(y|x) rounds to 1 near every mode's centre,
+    where a subtraction of two nearly equal gradients gives noise of either sign; this catches it."""
+    x = toy2d.load().x_train
+    g = class_posterior_gradients(x, 5.0)
+    assert (g[:, 0].norm(dim=1) < 1e-12).float().mean() > 0.3, "the test must cover saturated points"
+    cos = torch.nn.functional.cosine_similarity(g[:, 0] / g[:, 0].norm(dim=1, keepdim=True),
+                                                g[:, 1] / g[:, 1].norm(dim=1, keepdim=True), dim=1)
+    torch.testing.assert_close(cos, torch.full_like(cos, -1.0), rtol=0, atol=1e-9)
+
+
 def test_exact_source_refuses_other_datasets(digits):
     with pytest.raises(ValueError, match="only for toy2d"):
         build_source("exact", PagConfig(), digits)

@@ -40,6 +40,9 @@ class PagConfig:
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
     sigma: float = 5.0  # noise level of the `exact` toy2d source
+    # std of Gaussian noise added to the images where the PAG term is taken (the model's gradient and the target
+    # at the same noisy point, so the gradient field is shaped around the data, not only on it); 0: at the images
+    noise: float = 0.0
     nn_sample: int = 200  # images per class searched by the `nn` source
     seed: int = 0  # chooses the OI images and the NN sample
     score_model: str = ""  # sbg: score-model folder (pagrob targets train-score-model)
@@ -217,6 +220,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.pag.lam >= 0, f"pag.lam must be >= 0, got {cfg.pag.lam}")
     _check(cfg.pag.k >= 0, f"pag.k must be >= 0 (0 = all classes), got {cfg.pag.k}")
     _check(cfg.pag.sigma > 0, f"pag.sigma must be > 0, got {cfg.pag.sigma}")
+    _check(cfg.pag.noise >= 0, f"pag.noise must be >= 0, got {cfg.pag.noise}")
+    _check(cfg.pag.noise == 0 or not cfg.pag.source.startswith("store:"),
+           "pag.noise needs targets computed at the noisy points; a store: source holds one fixed target per "
+           "training image (use the source the store was built from, or pag.noise=0)")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
     _check(src in ("none", "oi", "cm", "nn", "exact", "sbg") or src.startswith("store:"),

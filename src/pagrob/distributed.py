@@ -11,6 +11,7 @@ Rank 0 alone writes checkpoints, metrics, the model and the results.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -68,9 +69,19 @@ def start(device: torch.device) -> Context:
     return Context(device, rank, world)
 
 
-def stop(ctx: Context) -> None:
-    if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+def stop(ctx: Context, failed: bool = False) -> None:
+    """Leave the process group: together (a barrier) unless this rank failed, whose peers may never get there.
+
+    Unreachable DDP wrappers still hold the group; collecting them first lets its gloo threads end now rather
+    than during interpreter shutdown, where a still-joinable thread aborts the process ("terminate called
+    without an active exception").
+    """
+    if not (ctx.active and dist.is_initialized()):
+        return
+    if not failed:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:

@@ -279,6 +279,9 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
         sources[name] = make_source(cfg, data).to(device)
     x_align = data.x_test[:ALIGNMENT_IMAGES].to(device)
     results = run.results
+    if "clean_accuracy" not in results:  # an imported checkpoint's first evaluation
+        results.update(clean_accuracy=clean_accuracy(model, data.x_test.to(device), data.y_test.to(device)),
+                       n_test=len(data.x_test))
     results["robust_accuracy"] = merge_entries(results.get("robust_accuracy", []), entries)
     results["alignment_scores"] = {**results.get("alignment_scores", {}),
                                    **alignment_scores(model, x_align, sources, data.num_classes)}

@@ -21,21 +21,22 @@ from torch.overrides import TorchFunctionMode
 
 
 def log_softmax_cotangents(logits: Tensor, target_classes: Tensor) -> Tensor:
-    """(k, B, C) vectors w with grad_x log p(t | x) = J_logits^T w, i.e. w = e_t - softmax(z), computed stably.
+    """(k, B, C) vectors w with J_logits^T w = grad_x log p(t | x) / (1 - p_t): e_t - softmax over c != t.
 
-    The naive 1 - p_t rounds to 0 in float32 once p_t > 1 - 6e-8 (any confidently classified image),
-    which silently turns grad log p(y | x) into -sum_c p_c grad z_c, a wrong direction. We take
-    1 - p_t = sum_{c != t} p_c = exp(logsumexp_{c != t} z_c - logsumexp z) instead.
+    grad_x log p(t | x) = J^T (e_t - softmax(z)), and every entry of e_t - softmax(z) is at most 1 - p_t in size.
+    Dividing by 1 - p_t (> 0) changes no direction, and everything here is scale-invariant (cosines, gradient
+    maps shown at their own scale), while the plain form loses the direction in float32: 1 - p_t rounds to 0
+    once p_t > 1 - 6e-8, turning grad log p(y | x) into -sum_c p_c grad z_c, and at a logit gap above ~100
+    every entry underflows, so the gradient is exactly 0 (and the cosine's derivative NaN).
     """
-    probs = torch.softmax(logits, dim=1)  # (B, C)
     one_hot = F.one_hot(target_classes.t(), logits.shape[1]).bool()  # (k, B, C)
-    others = logits.unsqueeze(0).masked_fill(one_hot, float("-inf")).logsumexp(dim=2)  # (k, B)
-    rest = torch.exp(others - logits.logsumexp(dim=1).unsqueeze(0))  # 1 - p_t, (k, B)
-    return torch.where(one_hot, rest.unsqueeze(2), -probs.unsqueeze(0))
+    others = torch.softmax(logits.unsqueeze(0).masked_fill(one_hot, float("-inf")), dim=2)  # 0 at t
+    return one_hot.to(logits.dtype) - others
 
 
 def class_input_gradients(logits: Tensor, x: Tensor, target_classes: Tensor, create_graph: bool = True) -> Tensor:
-    """(B, k, ...) gradients of log softmax(logits)[b, t_bj] w.r.t. x_b, for `logits` computed from `x`.
+    """(B, k, ...) directions of grad_x log softmax(logits)[b, t_bj] for `logits` computed from `x`: each is
+    that gradient divided by 1 - p_t (see `log_softmax_cotangents`), so it keeps its direction in float32.
 
     The k vector-Jacobian products share one forward graph. Images do not mix as long as the model
     has no batch-coupling layers (batch norm in training mode couples them, as in the authors' code).
@@ -49,19 +50,21 @@ def class_input_gradients(logits: Tensor, x: Tensor, target_classes: Tensor, cre
 
 
 def _unit_scale(v: Tensor) -> Tensor:
-    """v divided by its largest |entry| (a constant, detached): cosine is scale-invariant, and this keeps
-    tiny gradients (|g| ~ 1e-20 for confident predictions) from underflowing in the norms."""
-    return v / v.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny).detach()
+    """v divided by its largest |entry| (a constant, detached; a zero vector stays 0): cosine is
+    scale-invariant, and this keeps tiny vectors from underflowing in the norms."""
+    top = v.abs().amax(dim=-1, keepdim=True).detach()
+    return v / torch.where(top > 0, top, torch.ones_like(top))
 
 
 def cosine_per_target(grads: Tensor, target_grads: Tensor) -> Tensor:
     """(B, k) cosine between each model gradient and its target, flattened over the input dimensions.
 
-    A zero vector has cosine 0 with anything.
+    A zero vector has cosine 0 with anything, with finite derivatives (a plain norm's are NaN at 0).
     """
     g = _unit_scale(grads.flatten(2))
     t = _unit_scale(target_grads.flatten(2).to(grads.dtype))
-    return (g * t).sum(-1) / (g.norm(dim=-1) * t.norm(dim=-1)).clamp_min(1e-12)
+    squares = (g * g).sum(-1) * (t * t).sum(-1)  # >= 1 unless a vector is 0, after the unit scaling
+    return (g * t).sum(-1) / torch.where(squares > 0, squares, torch.ones_like(squares)).sqrt()
 
 
 def _check_shapes(x: Tensor, target_grads: Tensor, target_classes: Tensor) -> None:

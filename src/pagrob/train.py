@@ -116,14 +116,21 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: Targ
                ) -> tuple[Tensor, dict[str, float]]:
     """The loss of one batch and its parts for logging. `lam` (default cfg.pag.lam) is this epoch's PAG weight.
 
-    PGD-AT: CE at the adversary. TRADES: CE at x + beta * KL(p(x) || p(x')). The PAG term is taken at x.
+    PGD-AT: CE at the adversary. TRADES: CE at x + beta * KL(p(x) || p(x')). The PAG term is taken at x, or
+    at x + N(0, pag.noise^2 I) with the targets queried there too (the noise is cropped and flipped with x).
     """
     lam = cfg.pag.lam if lam is None else lam
-    targets = classes = None
+    targets = classes = noise = None
     if source is not None and lam > 0:
         classes = sample_target_classes(len(x), num_classes, cfg.pag.k, generator, x.device)
-        targets = source(x, classes, index)
-    x, targets = augment(x, aug_mode, generator, targets)
+        if cfg.pag.noise > 0:
+            noise = cfg.pag.noise * torch.randn(x.shape, generator=generator).to(x.device)
+        targets = source(x if noise is None else x + noise, classes, index)
+    if noise is None:
+        x, targets = augment(x, aug_mode, generator, targets)
+    else:
+        x, both = augment(x, aug_mode, generator, torch.cat([targets, noise[:, None]], 1))
+        targets, noise = both[:, :-1], both[:, -1]
     x_adv = None
     if adversary is not None:
         model.eval()
@@ -133,7 +140,8 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: Targ
     parts: dict[str, float] = {}
     logits_clean = None
     if targets is not None:
-        logits_clean, pag, cos = pag_objective(model, x, targets, classes)  # one class's graph at a time
+        logits_at, pag, cos = pag_objective(model, x if noise is None else x + noise, targets, classes)
+        logits_clean = logits_at if noise is None else None  # one class's graph at a time, inside
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
         pag = torch.zeros((), device=x.device)
@@ -401,8 +409,10 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     try:
         trained = fit(cfg, data, out, ctx, progress, resume)
         spread = distributed.parameter_spread(trained.model, ctx)
-    finally:
-        distributed.stop(ctx)
+    except BaseException:
+        distributed.stop(ctx, failed=True)
+        raise
+    distributed.stop(ctx)
     if spread > 0:
         raise RunError(f"the {ctx.world} processes ended with different weights (largest difference {spread:g}); "
                        "this is a bug in distributed training")
