@@ -23,6 +23,22 @@ def test_pgd_finds_exactly_the_errors_a_linear_model_allows(norm, eps):
     assert 0 < int(fooled.sum()) < len(x)
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_pgd_does_not_stall_on_a_confident_model(norm):
+    """Logit gap 60 at the clean point: softmax is one-hot to float32 precision, so the plain cross-entropy
+    gradient is ~1e-26 (L2 steps shrink to nothing) or exactly 0 further in. The boundary is 0.3 away."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-100.0, 0.0], [100.0, 0.0]]))
+        model.bias.copy_(torch.tensor([50.0, -50.0]))  # boundary at x_0 = 0.5
+    x = torch.tensor([[0.2, 0.5]])
+    y = torch.tensor([0])
+    assert (model(x)[0, 0] - model(x)[0, 1]).item() == pytest.approx(60.0)
+    x_adv = PGD(model, norm, 0.35, steps=20, random_start=False)(x, y)
+    check_perturbation(x, x_adv, norm, 0.35, (0.0, 1.0))
+    assert model(x_adv).argmax(1).item() == 1
+
+
 def test_targeted_pgd_moves_toward_the_target_class():
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():

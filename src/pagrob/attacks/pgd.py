@@ -2,6 +2,10 @@
 
 Maximises cross-entropy by default; `targeted=True` instead minimises it toward the given labels
 (used for the large-eps pictures that show perceptually aligned gradients).
+
+Each step moves along the cross-entropy's input-gradient divided by 1 - p_y (`log_softmax_cotangents`): the
+same step (L2 steps are normalised, L-inf steps are signs), but it does not vanish in float32 where a
+confident model's softmax rounds to one-hot, which would stall the attack: gradient masking by rounding.
 """
 
 from __future__ import annotations
@@ -9,10 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pagrob.attacks.checks import norms, project
+from pagrob.losses import log_softmax_cotangents
 
 
 class PGD:
@@ -45,15 +49,16 @@ class PGD:
     def _step(self, grad: Tensor) -> Tensor:
         if self.norm == "linf":
             return grad.sign()
-        return grad / norms(grad, "l2").clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        size = norms(grad, "l2").view(-1, *([1] * (grad.dim() - 1)))
+        return grad / torch.where(size > 0, size, torch.ones_like(size))
 
     def _run(self, x: Tensor, y: Tensor) -> Tensor:
         x_adv = self._random_start(x) if self.random_start and self.eps > 0 else x.clone()
-        sign = -1.0 if self.targeted else 1.0
+        sign = 1.0 if self.targeted else -1.0  # along grad log p(y | x) toward a target, against it otherwise
         for _ in range(self.steps):
             x_adv = x_adv.detach().requires_grad_(True)
-            loss = F.cross_entropy(self.model(x_adv), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
+            logits = self.model(x_adv)
+            (grad,) = torch.autograd.grad(logits, x_adv, log_softmax_cotangents(logits, y[:, None])[0])
             x_adv = project(x, x_adv.detach() + sign * self.step_size * self._step(grad), self.norm, self.eps,
                             self.bounds)
         return x_adv.detach()
