@@ -71,6 +71,23 @@ def test_a_zero_target_has_cosine_zero_and_finite_gradients():
     assert all(torch.isfinite(prm.grad).all() for prm in model.parameters())
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_vanishing_model_gradient_counts_as_zero_instead_of_overflowing(fast):
+    """Input-gradients of 1e-39 (saturated units give such; here tiny weights): rescaling them to unit size
+    would make the backward pass overflow to inf/NaN. They count as 0: cosine 0, finite parameter gradients."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.SiLU(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1e-39, 0.0], [0.0, 1.0]]))
+        model[0].bias.copy_(torch.tensor([0.0, -200.0]))  # unit 2 saturated: SiLU'(-200) = 0
+    x = torch.tensor([[0.3, 0.4]])
+    targets = torch.tensor([[[1.0, 0.5], [-1.0, -0.5]]])
+    classes = torch.tensor([[0, 1]])
+    loss = pag_objective(model, x, targets, classes).loss if fast else pag_loss(model, x, targets, classes)
+    assert loss.item() == pytest.approx(1.0)
+    loss.backward()
+    assert all(torch.isfinite(prm.grad).all() for prm in model.parameters())
+
+
 def test_pag_loss_is_zero_for_targets_equal_to_the_model_gradients_and_two_for_opposite():
     model = build_model("mlp", (2,), 2, width=8)
     x = torch.randn(5, 2)

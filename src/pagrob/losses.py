@@ -49,19 +49,22 @@ def class_input_gradients(logits: Tensor, x: Tensor, target_classes: Tensor, cre
     return grads.transpose(0, 1)
 
 
-def _unit_scale(v: Tensor) -> Tensor:
-    """v divided by its largest |entry| (a constant, detached; a zero vector stays 0): cosine is
-    scale-invariant, and this keeps tiny vectors from underflowing in the norms."""
+def _unit_scale(v: Tensor, floor: float = 0.0) -> Tensor:
+    """v divided by its largest |entry| (a constant, detached): cosine is scale-invariant, and this keeps tiny
+    vectors from underflowing in the norms. A vector whose largest entry is <= `floor` counts as 0."""
     top = v.abs().amax(dim=-1, keepdim=True).detach()
-    return v / torch.where(top > 0, top, torch.ones_like(top))
+    keep = top > floor
+    return torch.where(keep, v, torch.zeros_like(v)) / torch.where(keep, top, torch.ones_like(top))
 
 
 def cosine_per_target(grads: Tensor, target_grads: Tensor) -> Tensor:
     """(B, k) cosine between each model gradient and its target, flattened over the input dimensions.
 
-    A zero vector has cosine 0 with anything, with finite derivatives (a plain norm's are NaN at 0).
+    A zero vector has cosine 0 with anything, with finite derivatives (a plain norm's are NaN at 0). So does a
+    model gradient below sqrt(smallest normal float) (~1e-19 in float32, from saturated units, not the
+    softmax): dividing by its size would multiply the backward pass by up to 1e38 and overflow to inf/NaN.
     """
-    g = _unit_scale(grads.flatten(2))
+    g = _unit_scale(grads.flatten(2), torch.finfo(grads.dtype).tiny ** 0.5)
     t = _unit_scale(target_grads.flatten(2).to(grads.dtype))
     squares = (g * g).sum(-1) * (t * t).sum(-1)  # >= 1 unless a vector is 0, after the unit scaling
     return (g * t).sum(-1) / torch.where(squares > 0, squares, torch.ones_like(squares)).sqrt()
