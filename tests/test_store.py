@@ -149,6 +149,15 @@ def test_a_damaged_shard_is_rebuilt_and_a_missing_one_refused(tmp_path):
         open_store(tmp_path / "s", data)
 
 
+def test_a_truncated_shard_is_refused_at_open_by_name(tmp_path):
+    data = tiny()
+    build(tmp_path / "s", data)
+    shard = tmp_path / "s" / "train-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-40])
+    with pytest.raises(StoreError, match="train-00001.npy is damaged"):
+        open_store(tmp_path / "s", data)
+
+
 def test_training_opens_the_store_from_the_config_and_gets_batch_rows(tmp_path):
     from pagrob.losses import pag_loss
     from pagrob.models import build_model

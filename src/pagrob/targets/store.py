@@ -257,6 +257,24 @@ def check_store(path: Path, manifest: dict, data: Dataset) -> None:
         if missing:
             raise StoreError(f"target store {path} is missing {missing[0].name} (and {len(missing) - 1} more); "
                              "rerun its build command to restore them")
+    _check_shard_sizes(path, manifest)
+
+
+def _check_shard_sizes(path: Path, manifest: dict) -> None:
+    """Each shard's header and length (cheap, unlike the build's checksums): a truncated copy fails here, by name."""
+    per = manifest["images_per_shard"]
+    for split, entry in manifest["splits"].items():
+        for i in range(-(-entry["n_images"] // per)):
+            rows = min(per, entry["n_images"] - i * per)
+            for shard in _shard_paths(path, split, i):
+                try:
+                    length = len(np.load(shard, mmap_mode="r"))
+                except (ValueError, OSError) as err:
+                    raise StoreError(f"target store {path}: {shard.name} is damaged ({err}); rerun its build "
+                                     "command, which rebuilds shards that fail their checksum") from None
+                if length != rows:
+                    raise StoreError(f"target store {path}: {shard.name} holds {length} images, not {rows}; rerun "
+                                     "its build command, which rebuilds shards that fail their checksum")
 
 
 def open_store(path: str | Path, data: Dataset) -> StoreSource:
