@@ -109,6 +109,25 @@ def test_autoattack_breaks_a_plain_model_and_its_guards_pass(plain, digits):
     json.dumps(entry)  # goes into results.json as is
 
 
+class Band(nn.Module):
+    """Class 1 only in the band 1.6 < x_0 < 4.4: steps much wider than the band jump over it."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros_like(x[:, 0]), 2 - (x[:, 0] - 3) ** 2], 1)
+
+
+def test_the_eps_sweep_keeps_what_a_smaller_radius_found():
+    """At the covering radius (~1000) each step is ~125 wide and jumps over the band from x_0 = 0; the radius-2
+    attack lands in it, and that example lies in the larger ball too, so the sweep must not lose it."""
+    x = torch.cat([0.1 * torch.randn(30, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([[1000.0, 0]])])
+    x[:30, 0] = 0.0
+    y = torch.zeros(31, dtype=torch.long)
+    result = guards.eps_sweep(Band(), x, y, "l2", 0.5, None)
+    assert result["eps"][0] == 1.0 and result["eps"][-1] > 900
+    assert result["accuracy"][1] == pytest.approx(1 / 31) and result["accuracy"][-1] <= 1 / 31
+    assert result["passed"]
+
+
 def test_guards_flag_a_gradient_masking_quantiser(plain, digits, capsys):
     masked = nn.Sequential(Quantize(), plain).eval()
     x, y = digits.x_test[:100], digits.y_test[:100]

@@ -32,7 +32,6 @@ SWEEP_FACTORS = (2.0, 4.0, 8.0)  # multiples of the evaluated eps, capped at the
 SWEEP_IMAGES = 200
 SWEEP_STEPS = 20
 NEAR_ZERO = 0.05  # largest accuracy accepted at the covering eps
-MONOTONE_SLACK = 0.05  # accuracy may rise this much with eps (attack noise) before it is a symptom
 BLACKBOX_MIN_IMAGES = 3  # Square may fool this many images the white-box attacks missed ...
 BLACKBOX_FRACTION = 0.02  # ... or this fraction of the evaluated images, whichever is larger
 PROBE_IMAGES = 100
@@ -88,23 +87,28 @@ def spread(x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bounds: tuple[float, float] | None,
               batch_size: int = 256) -> dict:
-    """Guard (b): accuracy under margin ascent on a growing eps grid must not rise and must end near zero."""
+    """Guard (b): accuracy under margin ascent on a growing eps grid must end near zero.
+
+    Each radius starts from the previous radius's result (it lies in the larger ball too), so what a smaller
+    radius found is never lost to the larger one's coarser steps: the sweep falls monotonically unless the
+    gradients lead nowhere, and a model that keeps its accuracy at the covering radius is flagged.
+    """
     grid = sweep_grid(eps, covering_eps(x, norm, bounds, eps))
     x, y = spread(x, y, SWEEP_IMAGES)
+    starts = x.clone()
     accs = []
     for e in grid:
         correct = 0
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            x_adv = margin_ascent(model, xb, yb, norm, e, bounds, SWEEP_STEPS)
+            starts[i:i + batch_size] = margin_ascent(model, xb, yb, norm, e, bounds, SWEEP_STEPS,
+                                                     start=starts[i:i + batch_size])
             with torch.no_grad():
-                correct += int((model(x_adv).argmax(1) == yb).sum())
+                correct += int((model(starts[i:i + batch_size]).argmax(1) == yb).sum())
         accs.append(correct / max(len(x), 1))
-    rises = [f"{a:.0%} at eps={e:g} after {b:.0%} at eps={d:g}" for d, e, b, a in zip(grid, grid[1:], accs, accs[1:])
-             if a > b + MONOTONE_SLACK]
-    reasons = rises + ([f"accuracy is still {accs[-1]:.0%} at eps={grid[-1]:g}, the sweep's largest radius, where "
-                        "it should be near 0"] if accs[-1] > NEAR_ZERO else [])
-    return _guard(not reasons, "; ".join(reasons), eps=grid, accuracy=accs, n_examples=len(x))
+    reason = (f"accuracy is still {accs[-1]:.0%} at eps={grid[-1]:g}, the sweep's largest radius, where it should "
+              "be near 0")
+    return _guard(accs[-1] <= NEAR_ZERO, reason, eps=grid, accuracy=accs, n_examples=len(x))
 
 
 def blackbox(whitebox_survivors: int, blackbox_extra: int, n: int, queries: int) -> dict:
@@ -129,15 +133,17 @@ def _unit(v: Tensor, norm: str) -> Tensor:
 
 
 def margin_ascent(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
-                  bounds: tuple[float, float] | None, steps: int) -> Tensor:
-    """PGD on the margin loss from x itself, keeping each image's best iterate.
+                  bounds: tuple[float, float] | None, steps: int, start: Tensor | None = None) -> Tensor:
+    """PGD on the margin loss within the eps-ball around x, from `start` (default x itself), keeping each
+    image's best iterate.
 
     No random start: a zero gradient must leave x where it is. Keeping the best iterate stops large
     steps (large eps) from oscillating across a thin class region and losing what they found.
     """
+    x_adv = (x if start is None else start).clone()
     with torch.no_grad():
-        best, best_margin = x.clone(), margin(model(x), y)
-    x_adv, step = x.clone(), 2.5 * eps / steps
+        best, best_margin = x_adv.clone(), margin(model(x_adv), y)
+    step = 2.5 * eps / steps
     for i in range(steps + 1):
         x_adv.requires_grad_(True)
         m = margin(model(x_adv), y)
