@@ -8,7 +8,7 @@ noise-free point (draws = 0) then estimates grad log p_sigma(t | x) at x itself,
 The model is trained at that one timestep (SBG never queries another), with stable (reduced-variance)
 targets over 2,048 reference points per step, and cached in --out.
 
-Why sigma = 20 and not the demo's exact sigma = 5: at 5 the two classes' noisy densities barely overlap, so
+Why sigma = 20 (the demo's too) and not 5: at 5 the two classes' noisy densities barely overlap, so
 p_sigma(y | x) = 1 - O(1e-17) at a test point and the exact own-class target has norm ~1e-17; no estimator
 trained on finite data can give its direction (the script prints how many targets are that small). At 20 every
 target is a well-defined direction and the comparison is meaningful.

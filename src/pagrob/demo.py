@@ -25,7 +25,7 @@ from pagrob.train import CHECKPOINTS, finished, resolve_device, train
 # whatever the network happens to compute there. PGD with 100 steps and 10 restarts: 20 steps miss a third of
 # the adversarial examples on these steep networks.
 TOY = ["data.name=toy2d", "model.normalize=none", "model.width=128", "optim.name=adam", "optim.lr=0.003",
-       "optim.weight_decay=0", "optim.epochs=80", "eval.norms=[l2]", "eval.eps_l2=[5,10,15,20,30]",
+       "optim.weight_decay=0", "optim.epochs=120", "eval.norms=[l2]", "eval.eps_l2=[5,10,15,20,30]",
        "eval.pgd_steps=100", "eval.pgd_restarts=10", "eval.n=600", "eval.batch_size=1000"]
 # PAG on toy2d: targets of the sigma = 20 noisy mixture, taken at x_sigma = x + N(0, 20^2 I) (pag.noise) so the
 # gradient field is shaped in the tube around the line an attacker moves in; "at-data" takes them at x only.
