@@ -128,6 +128,22 @@ def test_the_eps_sweep_keeps_what_a_smaller_radius_found():
     assert result["passed"]
 
 
+class Ridge(nn.Module):
+    """Margin x_0 + 100 |x_1|: the gradient at x_1 = 0 points along x_0 only, a random step sideways climbs far."""
+
+    def forward(self, x):
+        return torch.stack([torch.zeros_like(x[:, 0]), x[:, 0] + 100 * x[:, 1].abs()], 1)
+
+
+def test_loss_rise_accepts_an_ascent_that_fools_the_model_even_if_noise_climbs_higher():
+    x = torch.zeros(50, 2)
+    x[:, 0] = -1.0
+    y = torch.zeros(50, dtype=torch.long)
+    result = guards.loss_rise(Ridge(), x, y, "l2", 2.0, None)
+    assert result["margin_noise"] > result["margin_ascent"] > 0  # noise climbs higher; ascent crosses over
+    assert result["passed"]
+
+
 def test_guards_flag_a_gradient_masking_quantiser(plain, digits, capsys):
     masked = nn.Sequential(Quantize(), plain).eval()
     x, y = digits.x_test[:100], digits.y_test[:100]
