@@ -29,7 +29,7 @@ TOY = ["data.name=toy2d", "model.normalize=none", "model.width=128", "optim.name
        "eval.pgd_steps=100", "eval.pgd_restarts=10", "eval.n=600", "eval.batch_size=1000"]
 # PAG on toy2d: targets of the sigma = 20 noisy mixture, taken at x_sigma = x + N(0, 20^2 I) (pag.noise) so the
 # gradient field is shaped in the tube around the line an attacker moves in; "at-data" takes them at x only.
-TOY_PAG = ["pag.lam=0.3", "pag.noise=20"]
+TOY_PAG, TOY_EXACT, TOY_NOISE = ["pag.lam=0.3"], ["pag.source=exact", "pag.sigma=20"], ["pag.noise=20"]
 # Digits pixels are in [0, 1] and an image has L2 norm ~4.5: eps 0.5 is a faint change, 2.0 a visible one.
 DIGITS = ["data.name=digits", "optim.epochs=30", "optim.lr=0.05", "model.width=16", "eval.norms=[l2,linf]",
           "eval.eps_l2=[0.5,1.0,2.0]", "eval.eps_linf=[0.1]", "eval.n=200", "eval.batch_size=1000"]
@@ -37,10 +37,10 @@ DIGITS = ["data.name=digits", "optim.epochs=30", "optim.lr=0.05", "model.width=1
 
 RUNS: dict[str, list[str]] = {
     "toy2d-vanilla": TOY,
-    "toy2d-pag-exact": TOY + TOY_PAG + ["pag.source=exact", "pag.sigma=20"],
-    "toy2d-pag-exact-at-data": TOY + ["pag.lam=0.3", "pag.source=exact", "pag.sigma=20"],
+    "toy2d-pag-exact": TOY + TOY_PAG + TOY_EXACT + TOY_NOISE,
+    "toy2d-pag-exact-at-data": TOY + TOY_PAG + TOY_EXACT,
     # Score-based targets from a score model the demo trains (and, for digits, a target store it builds) once.
-    "toy2d-pag-sbg": TOY + TOY_PAG + sbg_assets.TOY_SBG,
+    "toy2d-pag-sbg": TOY + TOY_PAG + sbg_assets.TOY_SBG + TOY_NOISE,
     "digits-vanilla": DIGITS,
     "digits-pag-oi": DIGITS + ["pag.source=oi"],
     "digits-pag-cm": DIGITS + ["pag.source=cm"],

@@ -140,8 +140,9 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: Targ
     parts: dict[str, float] = {}
     logits_clean = None
     if targets is not None:
-        logits_at, pag, cos = pag_objective(model, x if noise is None else x + noise, targets, classes)
-        logits_clean = logits_at if noise is None else None  # one class's graph at a time, inside
+        at = x if noise is None else x + noise
+        logits_at, pag, cos = pag_objective(model, at, targets, classes)  # one class's graph at a time
+        logits_clean = logits_at if noise is None else None  # the cross-entropy is taken at the clean images
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
         pag = torch.zeros((), device=x.device)
