@@ -11,8 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from pagrob.config import Config, load_config
 from pagrob.diffusion import demo_assets as sbg_assets
 from pagrob.evaluate import evaluate_run, summary_line
@@ -76,20 +74,7 @@ guarded against gradient masking (ε-sweep, black-box check, loss rise). Setting
 
 
 def run_demo(out: Path, progress: bool = True, only: list[str] | None = None) -> Path:
-    """Train and evaluate the demo runs (all, or those named in `only`) and write `out/report.md`.
-
-    On the CPU with one thread: these networks are too small to gain from a second one (measured: the same
-    time), and a second thread competing with other work on a 2-core machine slows PyTorch down many times.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run_demo(out, progress, only)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_demo(out: Path, progress: bool, only: list[str] | None) -> Path:
+    """Train and evaluate the demo runs (all, or those named in `only`) and write `out/report.md`."""
     start = time.perf_counter()
     dirs = []
     for name, overrides in RUNS.items():
