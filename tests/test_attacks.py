@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from pagrob.attacks import PGD, PerturbationError, check_perturbation
-from pagrob.models import build_model
 
 
 @pytest.mark.parametrize("norm,eps", [("l2", 0.3), ("linf", 0.02)])
