@@ -42,7 +42,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
     import torch
 
     from pagrob.distributed import launch
-    from pagrob.train import resolve_device
+    from pagrob.devices import resolve_device
 
     if "WORLD_SIZE" in os.environ:
         raise ConfigError("--nproc starts the processes itself; under torchrun leave it out")
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pagrob.evaluate import evaluate_run, summary_line
     from pagrob.runs import load_run
-    from pagrob.train import resolve_device
+    from pagrob.devices import resolve_device
 
     run = load_run(args.run_dir)
     device = resolve_device(args.device or run.config.device)

@@ -16,7 +16,8 @@ from pagrob.diffusion import demo_assets as sbg_assets
 from pagrob.evaluate import evaluate_run, summary_line
 from pagrob.report import write_report
 from pagrob.runs import load_run, read_results
-from pagrob.train import CHECKPOINTS, finished, resolve_device, train
+from pagrob.devices import resolve_device
+from pagrob.train import CHECKPOINTS, finished, train
 
 # Shared settings: the same training and evaluation for every run of a dataset, so only the method differs.
 # toy2d: raw coordinates and Adam. On standardised inputs plain gradient descent never moves first-layer weights

@@ -134,8 +134,8 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
 
     With `timing`, the step is repeated and a vanilla step on the same model and batch is timed beside it.
     """
-    from pagrob.train import (_adversary, build_classifier, check_against_data, lam_at, make_optimizer,
-                              make_source, resolve_device)
+    from pagrob.devices import resolve_device
+    from pagrob.train import _adversary, build_classifier, check_against_data, lam_at, make_optimizer, make_source
 
     device = resolve_device(cfg.device)
     info, data = describe_dataset(cfg)

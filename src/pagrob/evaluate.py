@@ -19,7 +19,8 @@ from pagrob import guards
 from pagrob.attacks import PGD
 from pagrob.attacks.library import COMPONENTS, LibraryAttack, components_for, get_version
 from pagrob.config import EvalConfig
-from pagrob.losses import class_input_gradients, cosine_per_target, sample_target_classes
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_scores
+from pagrob.devices import resolve_device
 from pagrob.targets import TargetSource
 
 Attack = Callable[[Tensor, Tensor], Tensor]
@@ -207,27 +208,6 @@ def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:
     return [e for e in old if key(e) not in fresh] + new
 
 
-def alignment_score(model: nn.Module, x: Tensor, source: TargetSource, num_classes: int, batch_size: int = 128
-                    ) -> float:
-    """Mean cosine between grad_x log p(t | x) and the source's targets, over the images and all classes."""
-    total, count = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].detach().requires_grad_(True)
-        classes = sample_target_classes(len(xb), num_classes, 0, device=x.device)
-        grads = class_input_gradients(model(xb), xb, classes, create_graph=False)
-        cos = cosine_per_target(grads, source(xb.detach(), classes))
-        total += cos.sum().item()
-        count += cos.numel()
-    return total / count
-
-
-def alignment_scores(model: nn.Module, x: Tensor, sources: dict[str, TargetSource], num_classes: int
-                     ) -> dict[str, dict]:
-    """{source name: {cosine, n_images}} on held-out images, one entry per target source."""
-    return {name: {"cosine": alignment_score(model, x, source, num_classes), "n_images": len(x)}
-            for name, source in sources.items()}
-
-
 def default_eps(run, norm: str) -> list[float]:
     """RobustBench's radius for images in [0, 1]; the run's configured radii for unbounded inputs (toy2d)."""
     if run.dataset().bounds is not None:
@@ -253,7 +233,7 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
     import copy
 
     from pagrob.runs import write_json
-    from pagrob.train import ALIGNMENT_IMAGES, make_source, resolve_device
+    from pagrob.train import make_source
 
     if norm not in ROBUSTBENCH_EPS:
         raise ValueError(f"norm must be l2 or linf, got '{norm}'")

@@ -103,9 +103,8 @@ def _done(out: Path, cfg: Config) -> bool:
 def summarize(run: PlannedRun, run_dir: Path, align_source: str | None) -> dict:
     """One row of the sweep: the grid values, accuracies, alignment against one common source (on the held-out
     alignment images) and training compute."""
-    from pagrob.evaluate import alignment_score
+    from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
     from pagrob.targets import build_source, reference_source_name
-    from pagrob.train import ALIGNMENT_IMAGES
 
     results = read_results(run_dir)
     trained = load_run(run_dir)

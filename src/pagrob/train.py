@@ -29,23 +29,15 @@ from pagrob.attacks.trades import TradesAdversary
 from pagrob.config import Config, ConfigError, PagConfig, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment, resolve_mode
-from pagrob.evaluate import alignment_score, clean_accuracy, pgd_results
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
+from pagrob.devices import resolve_device
+from pagrob.evaluate import clean_accuracy, pgd_results
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.models import build_model, default_arch
 from pagrob.runs import RunError, save_model, write_json
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
-ALIGNMENT_IMAGES = 256  # held-out images used to score alignment each epoch
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but no GPU is visible to PyTorch; use --set device=cpu "
-                          "(or device=auto)")
-    return torch.device(name)
 
 
 def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:

@@ -33,7 +33,7 @@ def source_spec(name: str, pag: PagConfig) -> dict:
 def cmd_train_score_model(args: argparse.Namespace) -> None:
     from pagrob.data import load_dataset
     from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
-    from pagrob.train import resolve_device
+    from pagrob.devices import resolve_device
 
     data = load_dataset(args.dataset, args.data_dir)
     cfg = ScoreTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
@@ -47,7 +47,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     from pagrob.data import load_dataset
     from pagrob.targets import build_source
     from pagrob.targets.store import build_store
-    from pagrob.train import resolve_device
+    from pagrob.devices import resolve_device
 
     cfg = load_config(None, [f"data.name={args.dataset}", f"data.data_dir={args.data_dir}", f"pag.source={args.source}",
                              f"device={args.device}"] + args.set)
