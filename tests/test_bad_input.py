@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import pagrob.pipeline as pipeline
 import pagrob.train as train_module
 from pagrob import checkpoint
 from pagrob.cli import main
@@ -115,7 +116,7 @@ def unfinished(tmp_path, monkeypatch, capsys) -> Path:
     def dying(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(train_module, "evaluate_and_write", dying)
+    monkeypatch.setattr(pipeline, "evaluate_and_write", dying)
     with pytest.raises(Crash):
         main(["--quiet", "train", "--out", str(tmp_path / "run"), *QUICK])
     monkeypatch.undo()

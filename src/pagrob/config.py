@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, YAML load/save, `--set key=value` overrides, validation.
 
 Every error a user can cause here is a `ConfigError` with one message that names the fix, raised
-before any long work starts.
+before any long work starts. The names it accepts come from the registries (`pagrob.data.DATASETS`,
+`pagrob.targets.SOURCES`, `pagrob.models.ARCHS`), never from a list of its own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration a user wrote that cannot be run."""
+from pagrob.data import dataset_names, known_dataset
+from pagrob.errors import ConfigError
+from pagrob.models import ARCHS
+from pagrob.targets import SOURCES, STORE_PREFIX, source_names
 
 
 @dataclass
 class DataConfig:
-    name: str = "toy2d"  # toy2d | digits | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH
+    name: str = "toy2d"  # a name in pagrob.data.DATASETS, or npz:PATH | folder:PATH (pagrob.data.ROUTES)
     data_dir: str = "data"
     download: bool = False  # let torchvision download CIFAR/STL (needs internet)
     augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
@@ -29,14 +31,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "auto"  # auto | mlp | cnn | resnet18 | vit
+    arch: str = "auto"  # auto (by input shape) or a name in pagrob.models.ARCHS
     width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
     normalize: str = "data"  # data: first layer standardises with training-set statistics | none: raw inputs
 
 
 @dataclass
 class PagConfig:
-    source: str = "none"  # none | oi | cm | nn | exact | sbg | store:PATH
+    source: str = "none"  # none, a name in pagrob.targets.SOURCES, or store:PATH
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
     sigma: float = 5.0  # noise level of the `exact` toy2d source
@@ -162,11 +164,12 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(node, leaf, _coerce(key, value, getattr(node, leaf)))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"pag": {"lam": 1}} -> {"pag.lam": 1}: the dotted keys of a nested config mapping."""
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
     return flat
@@ -174,7 +177,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def from_dict(tree: dict) -> Config:
     cfg = Config()
-    for key, value in _flatten(tree).items():
+    for key, value in flatten(tree).items():
         set_key(cfg, key, value)
     return cfg
 
@@ -226,8 +229,12 @@ def validate(cfg: Config) -> None:
            "training image (use the source the store was built from, or pag.noise=0)")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
-    _check(src in ("none", "oi", "cm", "nn", "exact", "sbg") or src.startswith("store:"),
-           f"pag.source must be none, oi, cm, nn, exact, sbg or store:PATH, got '{src}'")
+    _check(src == "none" or src in SOURCES or src.startswith(STORE_PREFIX),
+           f"pag.source must be none, {source_names().replace(' or ', ', ')} or {STORE_PREFIX}PATH, got '{src}'")
+    _check(src != "exact" or cfg.data.name == "toy2d",
+           f"pag.source=exact is known in closed form only for toy2d, not {cfg.data.name}; "
+           f"use one of {', '.join(n for n in SOURCES if n != 'exact')}")
+    _check(known_dataset(cfg.data.name), f"data.name must be {dataset_names()}, got '{cfg.data.name}'")
     _check(src != "sbg" or bool(cfg.pag.score_model),
            "pag.source=sbg needs pag.score_model=DIR (train one with: pagrob targets train-score-model)")
     _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0, "pag.sbg_t and pag.sbg_draws must be >= 0")
@@ -255,8 +262,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
-    _check(cfg.model.arch in ("auto", "mlp", "cnn", "resnet18", "vit"),
-           f"model.arch must be auto, mlp, cnn, resnet18 or vit, got '{cfg.model.arch}'")
+    _check(cfg.model.arch == "auto" or cfg.model.arch in ARCHS,
+           f"model.arch must be auto, {', '.join(ARCHS)}, got '{cfg.model.arch}'")
     _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
     _check(cfg.model.normalize in ("data", "none"), f"model.normalize must be data or none, got '{cfg.model.normalize}'")
     _check(cfg.optim.name in ("sgd", "adam"), f"optim.name must be sgd or adam, got '{cfg.optim.name}'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pagrob.config import ConfigError
+from pagrob.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
