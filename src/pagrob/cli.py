@@ -23,13 +23,16 @@ class _Registry:
     option's help), so building the parser imports no torch. Give the option a metavar: argparse would
     otherwise list the choices while building the parser."""
 
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
+    def __init__(self, module: str, name: str, accepts: str | None = None):
+        self.module, self.name, self.accepts = module, name, accepts  # attributes of `module`
 
     def _names(self) -> list[str]:
-        return list(getattr(importlib.import_module(self.module), self.name))
+        names = getattr(importlib.import_module(self.module), self.name)
+        return list(names() if callable(names) else names)
 
     def __contains__(self, value: object) -> bool:
+        if self.accepts is not None:  # a test of its own (datasets: `npz:PATH` matches any path)
+            return bool(getattr(importlib.import_module(self.module), self.accepts)(value))
         return value in self._names()
 
     def __iter__(self) -> Iterator[str]:
@@ -174,14 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "guards, score alignment; update its results.json")
     p.add_argument("run_dir")
     p.add_argument("--attack", choices=_Registry("pagrob.evaluate", "ATTACKS"), default="autoattack",
-                   metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence (torchattacks); pgd: ours")
+                   metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence "
+                                          "(torchattacks); pgd: ours")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")
     p.add_argument("--n", type=int, help="attack the first N test images (default: the run's eval.n; 0: all)")
     p.add_argument("--version", choices=_Registry("pagrob.attacks.library", "VERSIONS"), default="standard",
-                   metavar="VERSION", help="AutoAttack budget, one of %(choices)s: standard (RobustBench's), rand (randomised defences), custom-fast "
-                        "(20 iterations, 3 targets, 1000 Square queries; not comparable with published numbers)")
+                   metavar="VERSION",
+                   help="AutoAttack budget, one of %(choices)s: standard (RobustBench's), rand (randomised defences), "
+                        "custom-fast (20 iterations, 3 targets, 1000 Square queries; not comparable with published "
+                        "numbers)")
     p.add_argument("--alignment", nargs="*", metavar="SOURCE",
                    help="target sources to score alignment against (default: the run's own and the dataset's "
                         "reference source)")
@@ -242,11 +248,12 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
     """`pagrob targets train-score-model | build`."""
+    datasets = _Registry("pagrob.data", "dataset_choices", accepts="known_dataset")
     group = sub.add_parser("targets", help="score models and precomputed target stores")
     targets = group.add_subparsers(dest="targets_command", required=True)
 
     p = targets.add_parser("train-score-model", help="train a class-conditional score model (with a null label)")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", required=True, help="folder to write; rerunning continues from its checkpoint")
     p.add_argument("--steps", type=int, default=3000)
@@ -263,7 +270,7 @@ def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train_score_model)
 
     p = targets.add_parser("build", help="precompute a source's targets for every image and class into a store")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--source", required=True, choices=_Registry("pagrob.targets", "SOURCES"),
                    metavar="SOURCE", help="one of %(choices)s (pagrob.targets.SOURCES)")

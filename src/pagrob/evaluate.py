@@ -9,8 +9,8 @@ result. An entry that fails a guard carries `verdict: "suspect"` and the reasons
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn

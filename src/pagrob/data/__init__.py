@@ -5,8 +5,9 @@
 """
 
 from pagrob.data.base import Dataset
-from pagrob.data.registry import DATASETS, ROUTES, DatasetEntry, dataset_names, known_dataset, load_dataset
+from pagrob.data.registry import (DATASETS, ROUTES, DatasetEntry, dataset_choices, dataset_names, known_dataset,
+                                  load_dataset)
 from pagrob.errors import DatasetError
 
-__all__ = ["Dataset", "DatasetError", "DATASETS", "ROUTES", "DatasetEntry", "dataset_names", "known_dataset",
+__all__ = ["Dataset", "DatasetError", "DATASETS", "ROUTES", "DatasetEntry", "dataset_choices", "dataset_names", "known_dataset",
            "load_dataset"]

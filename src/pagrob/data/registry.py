@@ -34,9 +34,14 @@ ROUTES: dict[str, DatasetEntry] = {
 }
 
 
+def dataset_choices() -> list[str]:
+    """Every name and route form: ['toy2d', ..., 'npz:PATH', 'folder:PATH']."""
+    return list(DATASETS) + [f"{r}:PATH" for r in ROUTES]
+
+
 def dataset_names() -> str:
     """'toy2d, digits, ..., npz:PATH or folder:PATH', for messages."""
-    names = list(DATASETS) + [f"{r}:PATH" for r in ROUTES]
+    names = dataset_choices()
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 

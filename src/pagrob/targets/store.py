@@ -155,9 +155,10 @@ def build_store(out: Path, data: Dataset, source: TargetSource, source_spec: dic
     per = header["images_per_shard"]
     jobs = [(s, i) for s in splits for i in range(-(-manifest["splits"][s]["n_images"] // per))]
     name = source_spec["name"]
-    shards = console.bar(jobs, enabled=progress, desc=f"target store {name}")
-    for split, i in console.lines(shards, max(1, len(jobs) // 10), f"target store {name}: {{done}}/{{total}} shards",
+    bar = console.bar(total=len(jobs), enabled=progress, desc=f"target store {name}")
+    for split, i in console.lines(jobs, max(1, len(jobs) // 10), f"target store {name}: {{done}}/{{total}} shards",
                                   progress):
+        bar.update(1)
         entry = manifest["splits"][split]
         done = entry["shards"].get(str(i))
         paths = list(_shard_paths(out, split, i))
@@ -170,6 +171,7 @@ def build_store(out: Path, data: Dataset, source: TargetSource, source_spec: dic
         entry["shards"][str(i)] = {"file": paths[0].name, "scale_file": paths[1].name, "start": start, "stop": stop,
                                    "sha256": digest}
         write_json(manifest_path, manifest)
+    bar.close()
     manifest["complete"] = True
     write_json(manifest_path, manifest)
     return out
