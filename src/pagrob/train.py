@@ -150,12 +150,28 @@ def _config_differences(saved: dict, cfg: Config) -> list[str]:
             if k != "device" and old.get(k) != new.get(k)]
 
 
-def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress, order_gen: torch.Generator,
-                     draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, seconds: float) -> None:
+@dataclass
+class _Saved:
+    """What a checkpoint holds besides the progress: weights, optimizer, schedule and random streams, and where
+    it goes."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    order_gen: torch.Generator
+    draw_gen: torch.Generator
+    cfg: Config
+    ctx: distributed.Context
+    folder: Path
+
+
+def _save_checkpoint(s: _Saved, prog: Progress, seconds: float) -> None:
     """Every rank calls this (it gathers their random states and sums); rank 0 writes the checkpoint.
 
     Weights that are no longer finite are never checkpointed: the last good checkpoint stays the newest.
     """
+    model, opt, sched, order_gen, draw_gen, cfg, ctx, folder = (s.model, s.opt, s.sched, s.order_gen, s.draw_gen,
+                                                                 s.cfg, s.ctx, s.folder)
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise _nonfinite("the weights became NaN or Inf", prog.step, prog.epoch + (1 if prog.batch else 0), folder)
     rng = {"rng.draw": distributed.gather(draw_gen.get_state(), ctx),
@@ -179,10 +195,11 @@ def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress,
     checkpoint.save(folder, prog.step, tensors, state)
 
 
-def _restore(found: tuple[dict[str, Tensor], dict], model: nn.Module, opt, sched, order_gen: torch.Generator,
-             draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, folder: Path) -> Progress:
+def _restore(found: tuple[dict[str, Tensor], dict], s: _Saved) -> Progress:
     """Load a checkpoint into the fresh model, optimizer, scheduler and random streams; return its progress."""
     tensors, state = found
+    model, opt, sched, order_gen, draw_gen, cfg, ctx, folder = (s.model, s.opt, s.sched, s.order_gen, s.draw_gen,
+                                                                 s.cfg, s.ctx, s.folder)
     if state["world"] != ctx.world:
         raise RunError(f"the checkpoint in {folder} was written by {state['world']} processes, this run has "
                        f"{ctx.world}; resume with --nproc {state['world']}")
@@ -219,6 +236,16 @@ def _nonfinite(what: str, step: int, epoch: int, folder: Path) -> RunError:
                     "Lower optim.lr (or pag.lam), check the data, and train again into a new --out")
 
 
+def _epoch_row(model: nn.Module, data: Dataset, align_source: TargetSource, epoch: int, means: dict[str, float],
+               lr: float, seconds: float) -> dict:
+    """One line of metrics.jsonl: the epoch's mean training parts, test accuracy and alignment, lr, time."""
+    model.eval()
+    return {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
+            "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
+            "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source, data.num_classes),
+            "lr": lr, "seconds": seconds}
+
+
 def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None = None, progress: bool = True,
         resume: bool = False) -> Trained:
     """The training loop alone, on this process's share of each global batch.
@@ -245,10 +272,11 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
 
     folder = out / CHECKPOINTS
+    saved = _Saved(model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
     prog = Progress()
     found = checkpoint.latest(folder) if resume else None
     if found is not None:
-        prog = _restore(found[:2], model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
+        prog = _restore(found[:2], saved)
         if ctx.main:
             for warning in found[2]:
                 _note(warning)
@@ -273,8 +301,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             order = prog.order.to(ctx.device)
             lam = lam_at(cfg.pag, epoch, cfg.optim.epochs)
             todo = [i for i in starts if i >= prog.batch]
-            bar = console.bar(todo, enabled=progress and ctx.main, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}",
-                              total=len(starts), initial=len(starts) - len(todo), leave=False)
+            bar = console.bar(todo, enabled=progress and ctx.main, total=len(starts), initial=len(starts) - len(todo),
+                              desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", leave=False)
             for i in bar:
                 idx = order[i:i + cfg.optim.batch_size]
                 local = distributed.local_slice(idx, ctx)
@@ -291,17 +319,12 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 prog.step, prog.batch = prog.step + 1, i + cfg.optim.batch_size
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
                 if every and prog.step % every == 0 and i != starts[-1]:
-                    _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
-                                     time.perf_counter() - start)
+                    _save_checkpoint(saved, prog, time.perf_counter() - start)
             sched.step()
             means = distributed.mean_over_ranks({k: v / len(starts) for k, v in prog.sums.items()}, ctx)
             if ctx.main:
-                model.eval()
-                row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()},
-                       "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-                       "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source,
-                                                         data.num_classes),
-                       "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
+                                 time.perf_counter() - start)
                 prog.rows.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -311,8 +334,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 console.line(f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.3f} "
                              f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
             prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
-            _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
-                             time.perf_counter() - start)
+            _save_checkpoint(saved, prog, time.perf_counter() - start)
     finally:
         if metrics_file is not None:
             metrics_file.close()
