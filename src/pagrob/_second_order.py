@@ -1,94 +1,26 @@
-"""The PAG objective: cosine misalignment between the model's class-conditional input-gradients and targets.
+"""The second-order machinery behind `pagrob.losses.pag_objective`: one forward graph, input-gradients taken
+over it with create_graph, and their own backward sent down the forward graph once.
 
-`pag_loss` is the public contract. Both implementations share one forward pass between the cross-entropy
-and the PAG term: the k input-gradients are vector-Jacobian products over the same graph, never a forward
-pass on k copies of the batch.
+Measured gain (benchmarks/pag_step.py, width 16, B = 16, k = 10, CPU): about half the time of repeating the
+batch k times, and under a third of its memory; see that script for the current figures.
 
-- `pag_terms`: plain double backward, cosines differentiable; holds the k backward graphs at once.
-- `pag_objective` (training, and `pag_loss`): the same value and gradients, computed one class at a time
-  with each class's double-backward graph freed before the next (see `pag_objective` for how).
+Two ways through the k target classes, same values and gradients:
+- serial: one class's double-backward graph at a time (memory: the forward graph and one class's graph).
+- batched: the model runs on the batch repeated k times, but every routed layer (convolution, batch norm)
+  computes on the first B rows only and hands on k copies (`_Blocks`); the k classes' input-gradients are then
+  one backward pass over B*k rows, each block of B rows seeing the B-row batch statistics.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
-
-
-def log_softmax_cotangents(logits: Tensor, target_classes: Tensor) -> Tensor:
-    """(k, B, C) vectors w with J_logits^T w = grad_x log p(t | x) / (1 - p_t): e_t - softmax over c != t.
-
-    grad_x log p(t | x) = J^T (e_t - softmax(z)), and every entry of e_t - softmax(z) is at most 1 - p_t in size.
-    Dividing by 1 - p_t (> 0) changes no direction, and everything here is scale-invariant (cosines, gradient
-    maps shown at their own scale), while the plain form loses the direction in float32: 1 - p_t rounds to 0
-    once p_t > 1 - 6e-8, turning grad log p(y | x) into -sum_c p_c grad z_c, and at a logit gap above ~100
-    every entry underflows, so the gradient is exactly 0 (and the cosine's derivative NaN).
-    """
-    one_hot = F.one_hot(target_classes.t(), logits.shape[1]).bool()  # (k, B, C)
-    others = torch.softmax(logits.unsqueeze(0).masked_fill(one_hot, float("-inf")), dim=2)  # 0 at t
-    return one_hot.to(logits.dtype) - others
-
-
-def class_input_gradients(logits: Tensor, x: Tensor, target_classes: Tensor, create_graph: bool = True) -> Tensor:
-    """(B, k, ...) directions of grad_x log softmax(logits)[b, t_bj] for `logits` computed from `x`: each is
-    that gradient divided by 1 - p_t (see `log_softmax_cotangents`), so it keeps its direction in float32.
-
-    The k vector-Jacobian products share one forward graph. Images do not mix as long as the model
-    has no batch-coupling layers (batch norm in training mode couples them, as in the authors' code).
-    """
-    cotangents = log_softmax_cotangents(logits, target_classes)
-    if target_classes.shape[1] == 1:
-        (grads,) = torch.autograd.grad(logits, x, cotangents[0], create_graph=create_graph)
-        return grads.unsqueeze(1)
-    (grads,) = torch.autograd.grad(logits, x, cotangents, create_graph=create_graph, is_grads_batched=True)
-    return grads.transpose(0, 1)
-
-
-def _unit_scale(v: Tensor, floor: float = 0.0) -> Tensor:
-    """v divided by its largest |entry| (a constant, detached): cosine is scale-invariant, and this keeps tiny
-    vectors from underflowing in the norms. A vector whose largest entry is <= `floor` counts as 0."""
-    top = v.abs().amax(dim=-1, keepdim=True).detach()
-    keep = top > floor
-    return torch.where(keep, v, torch.zeros_like(v)) / torch.where(keep, top, torch.ones_like(top))
-
-
-def cosine_per_target(grads: Tensor, target_grads: Tensor) -> Tensor:
-    """(B, k) cosine between each model gradient and its target, flattened over the input dimensions.
-
-    A zero vector has cosine 0 with anything, with finite derivatives (a plain norm's are NaN at 0). So does a
-    model gradient below sqrt(smallest normal float) (~1e-19 in float32, from saturated units, not the
-    softmax): dividing by its size would multiply the backward pass by up to 1e38 and overflow to inf/NaN.
-    """
-    g = _unit_scale(grads.flatten(2), torch.finfo(grads.dtype).tiny ** 0.5)
-    t = _unit_scale(target_grads.flatten(2).to(grads.dtype))
-    squares = (g * g).sum(-1) * (t * t).sum(-1)  # >= 1 unless a vector is 0, after the unit scaling
-    return (g * t).sum(-1) / torch.where(squares > 0, squares, torch.ones_like(squares)).sqrt()
-
-
-def _check_shapes(x: Tensor, target_grads: Tensor, target_classes: Tensor) -> None:
-    b = x.shape[0]
-    if target_classes.dim() != 2 or target_classes.shape[0] != b:
-        raise ValueError(f"target_classes must be (B, k) = ({b}, k), got {tuple(target_classes.shape)}")
-    want = (b, target_classes.shape[1], *x.shape[1:])
-    if tuple(target_grads.shape) != want:
-        raise ValueError(f"target_grads must be (B, k, *x.shape[1:]) = {want}, got {tuple(target_grads.shape)}")
-    if target_classes.dtype != torch.long:
-        raise ValueError(f"target_classes must be a LongTensor, got {target_classes.dtype}")
-
-
-def pag_terms(model: nn.Module, x: Tensor, target_grads: Tensor, target_classes: Tensor
-              ) -> tuple[Tensor, Tensor]:
-    """One forward pass -> (logits, cosines (B, k)); both differentiable in the model's parameters."""
-    _check_shapes(x, target_grads, target_classes)
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    grads = class_input_gradients(logits, x, target_classes)
-    return logits, cosine_per_target(grads, target_grads)
 
 
 class _Pass:
@@ -101,7 +33,8 @@ class _Pass:
       scaled, to what arrives from the cross-entropy, so the forward graph is walked once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, copies: int = 1) -> None:
+        self.copies = copies  # k in a batched step (the model sees k copies of the batch), else 1
         self.phase = "off"
         self.scale: Tensor | None = None
         self.used = False
@@ -202,8 +135,21 @@ class _Conv2d(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
+def _blocks(t: Tensor, rows: int) -> Tensor:
+    """(k * rows, ...) -> (k, rows, ...): the k blocks of a batched backward pass."""
+    return t.view(-1, rows, *t.shape[1:])
+
+
+def _over_blocks(t: Tensor) -> Tensor:
+    return t[0] if t.shape[0] == 1 else t.sum(0)
+
+
 class _BatchNormBackward(torch.autograd.Function):
-    """(dx, dweight, dbias) of batch norm for gO; its backward is batch norm's second derivative."""
+    """(dx, dweight, dbias) of batch norm for gO; its backward is batch norm's second derivative.
+
+    gO may hold k blocks of x's B rows (k classes' cotangents): each block is differentiated as its own batch
+    over x's statistics, and what reaches x, weight and bias is summed over the blocks.
+    """
 
     @staticmethod
     def forward(ctx, grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
@@ -211,6 +157,8 @@ class _BatchNormBackward(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.training = training
         ctx.save_for_backward(grad_out, x, weight, mean, invstd)
+        if grad_out.shape[0] != x.shape[0]:  # k blocks: only dx is ever asked for (see `_in_blocks`)
+            return _batch_norm_dx_in_blocks(grad_out, x, weight, mean, invstd, training), None, None
         # in eval mode mean / invstd are the running mean and 1 / sqrt(running_var + eps): pass them as
         # running mean and a variance with eps 0
         var = None if training else invstd.pow(-2)
@@ -222,46 +170,70 @@ class _BatchNormBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u: Tensor | None, u_weight: Tensor | None, u_bias: Tensor | None):
         grad_out, x, weight, mu, s = ctx.saved_tensors
-        dims, m = [0, *range(2, x.dim())], x.numel() / x.shape[1]
+        rows, n_ch = x.shape[0], x.shape[1]
+        g, xb = _blocks(grad_out, rows), x.unsqueeze(0)  # (k, B, C, ...), (1, B, C, ...)
+        dims, m = [1, *range(3, g.dim())], x.numel() / n_ch
         gamma = weight if weight is not None else torch.ones_like(s)
-        c = lambda v: _per_channel(v, x)  # noqa: E731
+        ones = [1] * (x.dim() - 2)
+        c = lambda v: v.view(-1, 1, n_ch, *ones)  # noqa: E731  (C,) or (k, C) against blocks
+        ub = None if u is None else _blocks(u, rows)
         g_out = g_x = g_weight = None
         if u_bias is not None:  # dbias = sum(gO)
-            g_out = c(u_bias).expand_as(x)
+            g_out = c(u_bias).expand_as(g)
         if u_weight is not None:  # dweight = sum(gO * xhat)
-            g_out = _add(g_out, (x - c(mu)) * c(s * u_weight))
+            g_out = _add(g_out, (xb - c(mu)) * c(s * u_weight))
         if not ctx.training:  # dx = gamma * s * gO
-            if u is not None:
-                g_out = _add(g_out, u * c(gamma * s))
-                g_weight = (u * grad_out).sum(dims) * s
+            if ub is not None:
+                g_out = _add(g_out, ub * c(gamma * s))
+                g_weight = _over_blocks((ub * g).sum(dims)) * s
             if u_weight is not None:
-                g_x = grad_out * c(u_weight * s)
-            return g_out, g_x, g_weight if weight is not None else None, None, None, None, None
-        # training: dx = gamma s P gO with P g = g - mean(g) - xhat mean(g xhat), xhat = s (x - mu)
-        sum_g = grad_out.sum(dims)
-        a, b = sum_g / m, s * ((grad_out * x).sum(dims) - mu * sum_g) / m  # mean(gO), mean(gO xhat)
-        zero = torch.zeros_like(s)
+                g_x = _over_blocks(g * c(u_weight * s))
+            return _flat(g_out), g_x, g_weight if weight is not None else None, None, None, None, None
+        # training: dx = gamma s P gO with P g = g - mean(g) - xhat mean(g xhat), xhat = s (x - mu); per block,
+        # every per-channel quantity below is (k, C)
+        sum_g = g.sum(dims)
+        a, b = sum_g / m, s * ((g * xb).sum(dims) - mu * sum_g) / m  # mean(gO), mean(gO xhat)
+        zero = torch.zeros_like(a)
         coef_u = coef_g = mean_gx = mean_gxh = grad_s = zero  # d/dxhat = coef_u u + coef_g gO; d/ds = grad_s
-        if u is not None:
-            sum_u = u.sum(dims)
-            u1, ux = sum_u / m, s * ((u * x).sum(dims) - mu * sum_u) / m  # mean(u), mean(u xhat)
-            ug = (u * grad_out).sum(dims) / m
+        if ub is not None:
+            sum_u = ub.sum(dims)
+            u1, ux = sum_u / m, s * ((ub * xb).sum(dims) - mu * sum_u) / m  # mean(u), mean(u xhat)
+            ug = (ub * g).sum(dims) / m
             k = gamma * s
-            g_out = torch.addcmul(c(k * (s * ux * mu - u1)), x, c(-k * s * ux)).addcmul_(u, c(k)) \
-                if g_out is None else g_out + (u - c(u1) - (x - c(mu)) * c(s * ux)) * c(k)
+            g_out = _add(g_out, torch.addcmul(c(k * (s * ux * mu - u1)), xb, c(-k * s * ux)).addcmul_(ub, c(k)))
             inner = ug - a * u1 - ux * b
-            g_weight = m * s * inner
+            g_weight = _over_blocks(m * s * inner)
             coef_u, coef_g, grad_s = -k * b, -k * ux, m * gamma * inner
             mean_gx, mean_gxh = coef_u * u1 + coef_g * a, coef_u * ux + coef_g * b
         if u_weight is not None:
             coef_g = coef_g + u_weight
             mean_gx, mean_gxh = mean_gx + u_weight * a, mean_gxh + u_weight * b
-        # dx = s P (d/dxhat) - (d/ds) s^2 xhat / m
+        # dx = s P (d/dxhat) - (d/ds) s^2 xhat / m, summed over the blocks
         kx = s * (s * mean_gxh + grad_s * s * s / m)
-        g_x = torch.addcmul(c(kx * mu - s * mean_gx), x, c(-kx)).addcmul_(grad_out, c(coef_g * s))
-        if u is not None:
-            g_x.addcmul_(u, c(coef_u * s))
-        return g_out, g_x, g_weight if weight is not None else None, None, None, None, None
+        per_block = g * c(coef_g * s)
+        if ub is not None:
+            per_block.addcmul_(ub, c(coef_u * s))
+        g_x = _over_blocks(per_block).addcmul_(x, c(-_over_blocks(kx))[0]).add_(c(_over_blocks(kx * mu - s * mean_gx))[0])
+        return _flat(g_out), g_x, g_weight if weight is not None else None, None, None, None, None
+
+
+def _flat(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.flatten(0, 1)
+
+
+def _batch_norm_dx_in_blocks(grad_out: Tensor, x: Tensor, weight: Tensor | None, mu: Tensor, s: Tensor,
+                             training: bool) -> Tensor:
+    """Batch norm's dx for k blocks of cotangents, each block against x's B rows and statistics."""
+    gamma_s = s if weight is None else weight * s
+    c = lambda v: v.view(-1, 1, x.shape[1], *([1] * (x.dim() - 2)))  # noqa: E731
+    if not training:
+        return grad_out * _per_channel(gamma_s, x)
+    g, xb = _blocks(grad_out, x.shape[0]), x.unsqueeze(0)
+    dims, m = [1, *range(3, g.dim())], x.numel() / x.shape[1]
+    sum_g = g.sum(dims)
+    a, b = sum_g / m, s * ((g * xb).sum(dims) - mu * sum_g) / m  # per block: mean(gO), mean(gO xhat)
+    dx = torch.addcmul(c(gamma_s * (s * b * mu - a)), xb, c(-gamma_s * s * b)).addcmul_(g, c(gamma_s))
+    return dx.flatten(0, 1)
 
 
 class _BatchNorm(torch.autograd.Function):
@@ -272,13 +244,14 @@ class _BatchNorm(torch.autograd.Function):
         out, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, training,
                                                              momentum, eps)
         if not training:
-            mean, invstd = running_mean, torch.rsqrt(running_var + eps)
+            mean, invstd = running_mean.clone(), torch.rsqrt(running_var + eps)
         ctx.training, ctx.state, ctx.has_bias = training, state, bias is not None
         ctx.save_for_backward(x, weight, mean, invstd)
-        return out
+        ctx.mark_non_differentiable(mean, invstd)
+        return out, mean, invstd
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor | None):
+    def backward(ctx, grad_out: Tensor | None, _mean: None, _invstd: None):
         if grad_out is None:
             return (None,) * 9
         x, weight, mean, invstd = ctx.saved_tensors
@@ -303,6 +276,41 @@ class _ReLU(torch.autograd.Function):
         return None if grad is None else grad * ctx.saved_tensors[0]  # (torch.where measured slower)
 
 
+class _Blocks(torch.autograd.Function):
+    """k copies of a layer's B-row output `out` for an input `x` that holds k copies of its B rows.
+
+    Backward, in the first pass of a batched step: the layer's own derivative applied to each block of the
+    cotangent, handed to `x` (`first`, built on the B-row forward's saved tensors). In every other pass: the true
+    derivative of the copying, the blocks summed and handed to `out`, whose B-row layer takes it from there.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, first: Callable[[Tensor], Tensor], state: _Pass) -> Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.first, ctx.state = first, state
+        return out.repeat(x.shape[0] // out.shape[0], *([1] * (out.dim() - 1)))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None):
+        if grad is None:
+            return None, None, None, None
+        if ctx.state.phase == "first":
+            return None, ctx.first(grad), None, None
+        return _blocks(grad, grad.shape[0] // ctx.state.copies).sum(0), None, None, None
+
+
+def _in_blocks(state: _Pass, x: Tensor, layer: Callable[[Tensor], tuple[Tensor, ...]],
+               first: Callable[..., Tensor]) -> Tensor:
+    """`layer` on x, or in a batched step (x: k copies of B rows) on its first B rows, copied k times; `first`
+    (B-row input, the layer's other outputs, cotangent) is the layer's derivative for one block."""
+    if state.copies == 1:
+        return layer(x)[0]
+    rows = x.shape[0] // state.copies
+    x_rows = x[:rows].clone()  # a copy, so that the saved input does not keep all k copies alive
+    out, *saved = layer(x_rows)
+    return _Blocks.apply(out, x, partial(first, x_rows, *saved), state)
+
+
 def _pairs(v) -> list[int] | None:
     if isinstance(v, int):
         return [v, v]
@@ -313,16 +321,25 @@ def _conv2d(state: _Pass, x, weight, bias=None, stride=1, padding=0, dilation=1,
     geometry = (_pairs(stride), _pairs(padding), _pairs(dilation), groups)
     if x.dim() != 4 or None in geometry:  # e.g. padding="same": left to autograd
         return None
-    return _Conv2d.apply(x, weight, bias, geometry, state)
+
+    def dx(x_rows: Tensor, grad: Tensor) -> Tensor:  # only the input's shape matters for dx
+        shape_only = x_rows.new_empty(()).expand(grad.shape[0], *x_rows.shape[1:])
+        return _ConvBackward.apply(grad, shape_only, weight, geometry, (True, False, False))[0]
+
+    return _in_blocks(state, x, lambda x: (_Conv2d.apply(x, weight, bias, geometry, state),), dx)
 
 
 def _batch_norm(state: _Pass, x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                 eps=1e-5) -> Tensor:
-    return _BatchNorm.apply(x, weight, bias, running_mean, running_var, training, momentum, eps, state)
+    def dx(x_rows: Tensor, mean: Tensor, invstd: Tensor, grad: Tensor) -> Tensor:
+        return _BatchNormBackward.apply(grad, x_rows, weight, mean, invstd, training, (True, False, False))[0]
+
+    return _in_blocks(state, x, lambda x: _BatchNorm.apply(x, weight, bias, running_mean, running_var, training,
+                                                           momentum, eps, state), dx)
 
 
 def _relu(state: _Pass, x, inplace=False) -> Tensor | None:
-    return None if inplace else _ReLU.apply(x)
+    return None if inplace else _ReLU.apply(x)  # row by row: the same on k copies
 
 
 _ROUTED = {F.conv2d: _conv2d, F.batch_norm: _batch_norm, F.relu: _relu}
@@ -383,77 +400,17 @@ class _PagGradient(torch.autograd.Function):
         return (None, None, None, logits_grad, *(None if g is None else g * grad_out for g in ctx.grads))
 
 
-def _one_class(logits: Tensor, x: Tensor, column: Tensor, targets: Tensor, leaves: list[Tensor], scale: float,
-               state: _Pass) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    """Cosines (B,) for one target class per image, and d(scale * sum(1 - cos)) / d(leaves) along the
-    class's backward graph (what reaches the forward graph is stashed). A function of its own so that
-    graph is freed on return, before the next class."""
-    cotangent = log_softmax_cotangents(logits, column)[0]
-    try:
-        state.phase = "first"
-        (grads,) = torch.autograd.grad(logits, x, cotangent, create_graph=True, retain_graph=True)
-        cos = cosine_per_target(grads.unsqueeze(1), targets).squeeze(1)
-        state.phase = "collect"
-        leaf_grads = torch.autograd.grad((1 - cos).sum() * scale, leaves, retain_graph=True, allow_unused=True)
-    finally:
-        state.phase = "off"
-    return cos.detach(), leaf_grads
 
 
-class PagTerms(NamedTuple):
-    logits: Tensor  # (B, C), differentiable: the cross-entropy takes it from the same forward pass
-    loss: Tensor  # scalar, mean of 1 - cos; differentiable once, by one backward pass
-    cos: Tensor  # (B, k) cosines, detached, for logging
-
-
-def pag_objective(model: nn.Module, x: Tensor, target_grads: Tensor, target_classes: Tensor) -> PagTerms:
-    """The PAG term for a training step: `pag_loss`'s value and gradients with one class's graph in memory.
-
-    One forward pass; then per class j, the input-gradient is a VJP over the shared graph with
-    create_graph, its cosine is differentiated at once, and its graph freed. The part of that second
-    backward that would walk the forward graph (every class again) is stashed at the forward graph's nodes
-    (`_Pass`) and sent down it once, with the cross-entropy, by the caller's `loss.backward()` (plain
-    autograd from there: DDP, `autograd.grad` and gradient accumulation work as usual). Convolutions,
-    batch norm and ReLU run as layers with cheaper second derivatives (`_SecondOrderLayers`). Memory: the
-    forward graph, one class's backward graph and the stash, for any k.
-    """
-    _check_shapes(x, target_grads, target_classes)
-    x = x.detach().requires_grad_(True)
-    state = _Pass()
+def forward_with_stash(model: torch.nn.Module, x: Tensor, copies: int) -> tuple[Tensor, _Pass, list[Tensor]]:
+    """The model's output on `x` with the layers above routed, a stash hook on every node of its graph, and the
+    leaves (parameters) that require grad, `x` left out."""
+    state = _Pass(copies)
     with _SecondOrderLayers(state):
-        logits = model(x)
-    if logits.grad_fn is None:
+        out = model(x)
+    if out.grad_fn is None:
         raise RuntimeError("pag_objective needs autograd: call it outside torch.no_grad() / inference_mode()")
-    nodes, leaves = _graph(logits.grad_fn)
-    leaves = [leaf for leaf in leaves if leaf is not x]
+    nodes, leaves = _graph(out.grad_fn)
     for node in nodes:
         node.register_prehook(state.hook())
-    totals: list[Tensor | None] = [None] * len(leaves)
-    scale = 1.0 / target_classes.numel()
-    cosines = []
-    for j in range(target_classes.shape[1]):
-        cos, grads = _one_class(logits, x, target_classes[:, j:j + 1], target_grads[:, j:j + 1], leaves, scale,
-                                state)
-        cosines.append(cos)
-        totals = [t if g is None else g if t is None else t + g for t, g in zip(totals, grads)]
-    cos = torch.stack(cosines, dim=1)
-    loss = _PagGradient.apply((1 - cos).mean(), state, tuple(totals), logits, *leaves)
-    return PagTerms(logits, loss, cos)
-
-
-def pag_loss(model: nn.Module, x: Tensor, target_grads: Tensor, target_classes: Tensor) -> Tensor:
-    """Mean over (b, j) of 1 - cos(grad_x log softmax(model(x))[b, t_bj], target_grads[b, j]).
-
-    x: (B, ...); target_classes: LongTensor (B, k); target_grads: (B, k, ...). Differentiable once in the
-    model's parameters (`pag_terms` gives a twice-differentiable form).
-    """
-    return pag_objective(model, x, target_grads, target_classes).loss
-
-
-def sample_target_classes(batch: int, num_classes: int, k: int, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> Tensor:
-    """(B, k) distinct random classes per image; k = 0 or k = num_classes gives every class in order."""
-    if k in (0, num_classes):
-        return torch.arange(num_classes, device=device).expand(batch, -1).contiguous()
-    scores = torch.rand(batch, num_classes, generator=generator)
-    return scores.argsort(dim=1)[:, :k].to(device)
+    return out, state, [leaf for leaf in leaves if leaf is not x]
