@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from pagrob._second_order import _PagGradient, _Pass, forward_with_stash
 
 STEPS = ("auto", "serial", "batched")
+AUTO_ROWS = {"cpu": 64, "cuda": 2048}  # rows per backward pass that "auto" aims at, by device type
 Step = Literal["auto", "serial", "batched"]
 
 
@@ -51,12 +52,11 @@ def pag_objective(model: nn.Module, x: Tensor, target_grads: Tensor, target_clas
     `loss.backward()` (plain autograd from there: DDP, `autograd.grad` and gradient accumulation work as usual).
     step="serial": one class at a time (memory: the forward graph, one class's backward graph and the stash,
     for any k); "batched": the k classes as one backward pass over B*k rows (faster where more rows keep more
-    cores busy, k times the backward graph); "auto": see `choose_step`.
+    cores busy; k classes' backward graph); "auto": c classes per pass, see `classes_per_pass`.
     """
     _check_shapes(x, target_grads, target_classes)
     b, k = target_classes.shape
-    batched = choose_step(step, x, k) == "batched"
-    copies = k if batched else 1
+    copies = classes_per_pass(step, x, k)
     x = x.detach().repeat(copies, *([1] * (x.dim() - 1))).requires_grad_(True)
     out, state, leaves = forward_with_stash(model, x, copies)
     totals: list[Tensor | None] = [None] * len(leaves)
@@ -72,29 +72,37 @@ def pag_objective(model: nn.Module, x: Tensor, target_grads: Tensor, target_clas
     return PagTerms(out[:b], loss, cos)
 
 
-def choose_step(step: Step, x: Tensor, k: int) -> Literal["serial", "batched"]:
-    """`step` itself unless "auto"; auto: RULE."""
+def classes_per_pass(step: Step, x: Tensor, k: int) -> int:
+    """How many of the k classes one backward pass takes: 1 for the serial step, k for the batched one, and for
+    "auto" enough to give the device about `AUTO_ROWS` rows per pass (B*c), which also bounds the memory of the
+    backward graph to that of AUTO_ROWS rows: measured (benchmarks/pag_step.py), one class at a time is fastest
+    on one CPU thread and for B >= 128, while two threads at B = 16 gain from batching the classes."""
     if step not in STEPS:
         raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
-    if step == "batched" and torch.is_autocast_enabled(x.device.type):
-        raise ValueError("the batched PAG step does not run under autocast (its batch norm would see B*k rows); "
-                         "use step='serial' or 'auto'")
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if step == "batched" and autocast:
+        raise ValueError("the batched PAG step does not run under autocast (batch norm would not be routed and "
+                         "would see B*k rows); use step='serial' or 'auto'")
     if step != "auto":
-        return step
-    return "batched" if k > 1 and not torch.is_autocast_enabled(x.device.type) else "serial"
+        return 1 if step == "serial" else k
+    if autocast or (x.device.type == "cpu" and torch.get_num_threads() == 1):
+        return 1
+    return max(1, min(k, AUTO_ROWS.get(x.device.type, 0) // x.shape[0]))
 
 
 def _class_block(out: Tensor, x: Tensor, classes: Tensor, targets: Tensor, leaves: list[Tensor], scale: float,
                  state: _Pass) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    """Cosines (B, c) for c target classes per image (c = 1, or all k in a batched step: `out` and `x` then hold
-    k copies of the batch), and d(scale * sum(1 - cos)) / d(leaves) along their backward graph (what reaches
+    """Cosines (B, c) for c target classes per image (`out` and `x` hold state.copies >= c copies of the batch),
+    and d(scale * sum(1 - cos)) / d(leaves) along their backward graph (what reaches
     the forward graph is stashed). A function of its own so that graph is freed on return."""
     b, c = classes.shape
-    cotangents = log_softmax_cotangents(out[:b], classes).flatten(0, 1)  # block j: class column j
+    cotangents = log_softmax_cotangents(out[:b], classes)  # block j: class column j
+    if c < state.copies:  # the last pass of fewer classes than copies: the other blocks get no cotangent
+        cotangents = torch.cat([cotangents, cotangents.new_zeros(state.copies - c, *cotangents.shape[1:])])
     try:
         state.phase = "first"
-        (grads,) = torch.autograd.grad(out, x, cotangents, create_graph=True, retain_graph=True)
-        cos = cosine_per_target(grads.view(c, b, *grads.shape[1:]).transpose(0, 1), targets)
+        (grads,) = torch.autograd.grad(out, x, cotangents.flatten(0, 1), create_graph=True, retain_graph=True)
+        cos = cosine_per_target(grads.view(-1, b, *grads.shape[1:])[:c].transpose(0, 1), targets)
         state.phase = "collect"
         leaf_grads = torch.autograd.grad((1 - cos).sum() * scale, leaves, retain_graph=True, allow_unused=True)
     finally:
