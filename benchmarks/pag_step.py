@@ -197,14 +197,16 @@ def one_configuration(args: argparse.Namespace, b: int, k: int, threads: int, de
 
 
 def check_loss(args: argparse.Namespace, b: int, k: int, device: torch.device) -> bool:
-    """pag's loss, cosines and parameter gradients against repeat's, float32, no autocast."""
+    """pag's loss, cosines and parameter gradients against repeat's, float32, no autocast, for the serial and the
+    batched step (or `--step`)."""
     batch = make_batch(args, b, k, device)
     ok = True
-    for mode in ("eval", "train"):
+    for step, mode in itertools.product(("serial", "batched") if args.step == "auto" else (args.step,),
+                                        ("eval", "train")):
         ours_model, ref_model = make_model(args, device), make_model(args, device)
         ours_model.train(mode == "train")
         ref_model.train(mode == "train")
-        ours = pag_objective(ours_model, batch.x, batch.targets, batch.classes, args.step)
+        ours = pag_objective(ours_model, batch.x, batch.targets, batch.classes, step)
         ours_grads = torch.autograd.grad(ours.loss, list(ours_model.parameters()))
         _, ref_loss, ref_cos = repeat_terms(ref_model, batch.x, batch.targets, batch.classes)
         ref_grads = torch.autograd.grad(ref_loss, list(ref_model.parameters()))
@@ -213,14 +215,15 @@ def check_loss(args: argparse.Namespace, b: int, k: int, device: torch.device) -
         scale = max(g.abs().max().item() for g in ref_grads)
         grad_diff = max((a - b).abs().max().item() for a, b in zip(ours_grads, ref_grads)) / scale
         if mode == "eval":
-            ok = rel <= TOLERANCE
-            print(f"loss check (B {b}, k {k}), batch norm on running statistics: pag {ours.loss.item():.7f} repeat "
-                  f"{ref_loss.item():.7f}, relative difference {rel:.1e} ({'ok' if ok else 'FAIL'}: <= {TOLERANCE:g}); "
-                  f"max |cosine difference| {cos_diff:.1e}; parameter gradients differ by {grad_diff:.1e} of "
-                  "their largest entry")
+            ok = ok and rel <= TOLERANCE
+            print(f"loss check, {step} step (B {b}, k {k}), batch norm on running statistics: pag "
+                  f"{ours.loss.item():.7f} repeat {ref_loss.item():.7f}, relative difference {rel:.1e} "
+                  f"({'ok' if rel <= TOLERANCE else 'FAIL'}: <= {TOLERANCE:g}); max |cosine difference| "
+                  f"{cos_diff:.1e}; parameter gradients differ by {grad_diff:.1e} of their largest entry")
         else:
-            print(f"batch norm on batch statistics (pag: the B images' statistics; repeat: over B*k rows): "
-                  f"relative difference {rel:.1e}, max |cosine difference| {cos_diff:.1e}, gradients {grad_diff:.1e}")
+            print(f"  {step} step, batch norm on batch statistics (pag: the B images' statistics; repeat: over B*k "
+                  f"rows): relative difference {rel:.1e}, max |cosine difference| {cos_diff:.1e}, gradients "
+                  f"{grad_diff:.1e}")
     return ok
 
 

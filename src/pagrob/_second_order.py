@@ -402,14 +402,17 @@ class _PagGradient(torch.autograd.Function):
 
 
 
-def forward_with_stash(model: torch.nn.Module, x: Tensor, copies: int) -> tuple[Tensor, _Pass, list[Tensor]]:
-    """The model's output on `x` with the layers above routed, a stash hook on every node of its graph, and the
-    leaves (parameters) that require grad, `x` left out."""
+def routed_forward(model: torch.nn.Module, x: Tensor, copies: int, stash: bool
+                   ) -> tuple[Tensor, _Pass, list[Tensor]]:
+    """The model's output on `x` with the layers above routed, a stash hook on every node of its graph if
+    `stash`, and the leaves (parameters) that require grad, `x` left out."""
     state = _Pass(copies)
     with _SecondOrderLayers(state):
         out = model(x)
     if out.grad_fn is None:
         raise RuntimeError("pag_objective needs autograd: call it outside torch.no_grad() / inference_mode()")
+    if not stash:
+        return out, state, []
     nodes, leaves = _graph(out.grad_fn)
     for node in nodes:
         node.register_prehook(state.hook())

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pagrob._second_order import _PagGradient, _Pass, forward_with_stash
+from pagrob._second_order import _PagGradient, _Pass, routed_forward
 
 STEPS = ("auto", "serial", "batched")
 AUTO_ROWS = {"cpu": 64, "cuda": 2048}  # rows per backward pass that "auto" aims at, by device type
@@ -46,10 +46,12 @@ def pag_objective(model: nn.Module, x: Tensor, target_grads: Tensor, target_clas
                   ) -> PagTerms:
     """The PAG term for a training step: `pag_loss`'s value, with gradients by one backward pass of the caller.
 
-    One forward pass; the input-gradients are VJPs over its graph with create_graph, their cosines are
-    differentiated at once, and that graph freed. The part of the second backward that would walk the forward
-    graph is stashed at its nodes and sent down it once, with the cross-entropy, by the caller's
-    `loss.backward()` (plain autograd from there: DDP, `autograd.grad` and gradient accumulation work as usual).
+    One forward pass; the input-gradients are VJPs over its graph with create_graph. Where the classes take
+    several backward passes, each pass's cosines are differentiated at once and its graph freed; the part of
+    that second backward that would walk the forward graph is stashed at its nodes and sent down it once, with
+    the cross-entropy, by the caller's `loss.backward()` (plain autograd from there: DDP, `autograd.grad` and
+    gradient accumulation work as usual). Where one pass takes all k (k = 1, or the batched step), the caller's
+    backward takes the whole graph.
     step="serial": one class at a time (memory: the forward graph, one class's backward graph and the stash,
     for any k); "batched": the k classes as one backward pass over B*k rows (faster where more rows keep more
     cores busy; k classes' backward graph); "auto": c classes per pass, see `classes_per_pass`.
@@ -58,7 +60,10 @@ def pag_objective(model: nn.Module, x: Tensor, target_grads: Tensor, target_clas
     b, k = target_classes.shape
     copies = classes_per_pass(step, x, k)
     x = x.detach().repeat(copies, *([1] * (x.dim() - 1))).requires_grad_(True)
-    out, state, leaves = forward_with_stash(model, x, copies)
+    out, state, leaves = routed_forward(model, x, copies, stash=copies < k)
+    if copies == k:  # one pass: nothing to share between passes, the caller's backward takes the whole graph
+        cos = _cosines(out, x, target_classes, target_grads, state)
+        return PagTerms(out[:b], (1 - cos).mean(), cos.detach())
     totals: list[Tensor | None] = [None] * len(leaves)
     scale = 1.0 / target_classes.numel()
     cosines = []
@@ -90,11 +95,9 @@ def classes_per_pass(step: Step, x: Tensor, k: int) -> int:
     return max(1, min(k, AUTO_ROWS.get(x.device.type, 0) // x.shape[0]))
 
 
-def _class_block(out: Tensor, x: Tensor, classes: Tensor, targets: Tensor, leaves: list[Tensor], scale: float,
-                 state: _Pass) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+def _cosines(out: Tensor, x: Tensor, classes: Tensor, targets: Tensor, state: _Pass) -> Tensor:
     """Cosines (B, c) for c target classes per image (`out` and `x` hold state.copies >= c copies of the batch),
-    and d(scale * sum(1 - cos)) / d(leaves) along their backward graph (what reaches
-    the forward graph is stashed). A function of its own so that graph is freed on return."""
+    differentiable: the c input-gradients are one backward pass with create_graph over B * state.copies rows."""
     b, c = classes.shape
     cotangents = log_softmax_cotangents(out[:b], classes)  # block j: class column j
     if c < state.copies:  # the last pass of fewer classes than copies: the other blocks get no cotangent
@@ -102,7 +105,17 @@ def _class_block(out: Tensor, x: Tensor, classes: Tensor, targets: Tensor, leave
     try:
         state.phase = "first"
         (grads,) = torch.autograd.grad(out, x, cotangents.flatten(0, 1), create_graph=True, retain_graph=True)
-        cos = cosine_per_target(grads.view(-1, b, *grads.shape[1:])[:c].transpose(0, 1), targets)
+    finally:
+        state.phase = "off"
+    return cosine_per_target(grads.view(-1, b, *grads.shape[1:])[:c].transpose(0, 1), targets)
+
+
+def _class_block(out: Tensor, x: Tensor, classes: Tensor, targets: Tensor, leaves: list[Tensor], scale: float,
+                 state: _Pass) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """`_cosines`, detached, and d(scale * sum(1 - cos)) / d(leaves) along their backward graph (what reaches
+    the forward graph is stashed). A function of its own so that graph is freed on return."""
+    cos = _cosines(out, x, classes, targets, state)
+    try:
         state.phase = "collect"
         leaf_grads = torch.autograd.grad((1 - cos).sum() * scale, leaves, retain_graph=True, allow_unused=True)
     finally:
