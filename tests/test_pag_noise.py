@@ -28,9 +28,9 @@ def test_targets_are_queried_where_the_pag_term_is_taken(monkeypatch, aug):
     seen = {}
     real = train_module.pag_objective
 
-    def spy(model, x, targets, classes):
+    def spy(model, x, targets, classes, step):
         seen.update(x=x.detach(), targets=targets)
-        return real(model, x, targets, classes)
+        return real(model, x, targets, classes, step)
 
     monkeypatch.setattr(train_module, "pag_objective", spy)
     x, y = digits.x_train[:16], digits.y_train[:16]

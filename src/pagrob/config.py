@@ -53,6 +53,7 @@ class PagConfig:
     # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
     lam_warmup_fraction: float = 0.0
     lam_warmup_scale: float = 1.0
+    step: str = "auto"  # auto | serial (one class per backward pass) | batched (all k in one); see pag_objective
 
 
 @dataclass
@@ -227,6 +228,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.pag.noise == 0 or not cfg.pag.source.startswith("store:"),
            "pag.noise needs targets computed at the noisy points; a store: source holds one fixed target per "
            "training image (use the source the store was built from, or pag.noise=0)")
+    _check(cfg.pag.step in ("auto", "serial", "batched"),
+           f"pag.step must be auto, serial or batched, got '{cfg.pag.step}'")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
     _check(src == "none" or src in SOURCES or src.startswith(STORE_PREFIX),

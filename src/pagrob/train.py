@@ -87,7 +87,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
     logits_clean = None
     if targets is not None:
         at = x if noise is None else x + noise
-        logits_at, pag, cos = pag_objective(model, at, targets, classes)  # one class's graph at a time
+        logits_at, pag, cos = pag_objective(model, at, targets, classes, cfg.pag.step)
         logits_clean = logits_at if noise is None else None  # the cross-entropy is taken at the clean images
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
