@@ -3,7 +3,9 @@
 `pag_loss` is the public contract; `pag_objective` computes it for a training step (one forward pass shared
 with the cross-entropy, cheaper second derivatives: `pagrob._second_order`), `pag_terms` by plain double
 backward (twice differentiable). The k input-gradients are vector-Jacobian products over one forward pass of
-the B images, never a forward pass on k copies of the batch.
+the B images. (When c classes share a backward pass, the model sees c copies of the batch, but convolutions
+and batch norm compute on B rows; the other layers, cheap for a ResNet, run on all copies. A model without
+convolutions, such as the ViT, gains nothing from that and should use step="serial".)
 
 Batch norm in training mode: each image's k input-gradients are those of one forward pass over the B images,
 whose batch statistics depend on every image (grad_x of sum_b log p(t_b | x_b), one class column at a time).
