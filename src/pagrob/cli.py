@@ -149,14 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchrun --nproc_per_node=N -m pagrob train ...")
     p.set_defaults(func=cmd_train)
 
-    from pagrob.attacks.library import VERSIONS
-    from pagrob.evaluate import ATTACKS
+    from pagrob.attacks.settings import ATTACKS, VERSIONS
 
     p = sub.add_parser("evaluate", help="attack a trained run (AutoAttack by default), run the gradient-masking "
                                         "guards, score alignment; update its results.json")
     p.add_argument("run_dir")
-    p.add_argument("--attack", choices=ATTACKS, default="autoattack",
-                   help="autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence (torchattacks); pgd: ours")
+    p.add_argument("--attack", choices=list(ATTACKS), default="autoattack",
+                   help="; ".join(f"{k}: {v}" for k, v in ATTACKS.items()))
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")

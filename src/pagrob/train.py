@@ -31,7 +31,7 @@ from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment, resolve_mode
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
 from pagrob.devices import resolve_device
-from pagrob.evaluate import clean_accuracy, pgd_results
+from pagrob.evaluate import clean_accuracy, evaluate_and_write
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.models import build_model, default_arch
 from pagrob.runs import RunError, save_model, write_json
@@ -415,26 +415,6 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
         evaluate_and_write(trained.model, data, cfg, out, trained.align_source, trained.seconds, progress)
         checkpoint.remove(out / CHECKPOINTS)
     return out
-
-
-def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
-                       train_seconds: float, progress: bool = True) -> dict:
-    """Clean accuracy on the whole test split, PGD on the first eval.n test images, alignment; results.json."""
-    n = cfg.eval.n or len(data.x_test)
-    x, y = data.x_test[:n], data.y_test[:n]
-    results = {
-        "dataset": data.name,
-        "method": cfg.method,
-        "name": cfg.name,
-        "clean_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-        "n_test": len(data.x_test),
-        "robust_accuracy": pgd_results(model, x, y, cfg.eval, data.bounds, progress),
-        "alignment": {"source": align_source.name,
-                      "cosine": alignment_score(model, x[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
-        "train_seconds": train_seconds,
-    }
-    write_json(out / "results.json", results)
-    return results
 
 
 def _summary_writer(out: Path, first_epoch: int):
