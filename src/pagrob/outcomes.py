@@ -117,3 +117,14 @@ def worst_case(store: OutcomeStore, clean_ok: Tensor, norm: str, eps: float) -> 
                         "attacked": int((codes != NOT_ATTACKED).sum()), "fooled": int((codes == FOOLED).sum())})
     return {"norm": norm, "eps": eps, "n_examples": n, "accuracy": robust.float().mean().item(),
             "attacks": attacks}
+
+
+def worst_by_radius(results: dict) -> dict[tuple[str, float], dict]:
+    """A results.json's (norm, eps) -> worst case; results without one (older runs) fall back to the lowest entry."""
+    found = {(w["norm"], float(w["eps"])): w for w in results.get("worst_case", [])}
+    for e in results.get("robust_accuracy", []):
+        key = (e["norm"], float(e["eps"]))
+        if key not in found or ("attacks" not in found[key] and e["accuracy"] < found[key]["accuracy"]):
+            found[key] = {"norm": e["norm"], "eps": e["eps"], "accuracy": e["accuracy"], "n_examples": e["n_examples"],
+                          "verdict": e.get("verdict", "ok")}
+    return found

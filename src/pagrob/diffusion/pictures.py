@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from pagrob.runs import load_run  # noqa: E402
+
 
 
 def class_mean_agreement(targets: Tensor, x: Tensor, x_train: Tensor, y_train: Tensor) -> float:
@@ -58,8 +60,7 @@ def plot_targets(x: Tensor, y: Tensor, targets: Tensor, out: Path, title: str, s
 
 def sbg_figures(run_dirs: list[Path], out_dir: Path, images: int = 5) -> list[tuple[str, Path]]:
     """(caption, PNG) of the SBG targets of the first image run trained on SBG (directly or from a store)."""
-    from pagrob.runs import load_run
-    from pagrob.train import make_source
+    from pagrob.train import make_source  # moves to pagrob.targets (a report must not import training)
 
     for d in run_dirs:
         run = load_run(d)
