@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagrob import guards
@@ -14,7 +13,7 @@ from pagrob.cli import main
 from pagrob.data import load_dataset
 from pagrob.attacks.settings import AttackSettings
 from pagrob.evaluate import Victim, merge_entries, robust_accuracy, summary_line
-from pagrob.models import build_model
+from small_models import digits_cnn
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +24,7 @@ def digits():
 @pytest.fixture(scope="module")
 def plain(digits):
     """A small CNN trained for a few seconds: ~95% clean, no defence at all."""
-    torch.manual_seed(0)
-    model = build_model("cnn", digits.input_shape, 10, width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(8):
-        for i in range(0, len(digits.x_train), 64):
-            loss = F.cross_entropy(model(digits.x_train[i:i + 64]), digits.y_train[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return digits_cnn(digits, epochs=8)
 
 
 def attack_digits(model, x, y, attack, eps, version="custom-fast", **settings):

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pagrob import evaluate
 from pagrob.attacks import PGD
@@ -12,8 +11,8 @@ from pagrob.attacks.pgd import EvalPGD
 from pagrob.attacks.settings import AttackSettings
 from pagrob.data import load_dataset
 from pagrob.evaluate import Victim, predict, run_sequence, worst_cases
-from pagrob.models import build_model
 from pagrob.outcomes import FOOLED, NOT_ATTACKED, OutcomeStore, model_hash
+from small_models import digits_cnn
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +27,7 @@ def model(digits):
 
 def noisy_cnn(digits):
     """A small CNN trained briefly with noise: some images resist a weak attack, not a strong one."""
-    torch.manual_seed(1)
-    net = build_model("cnn", digits.input_shape, 10, width=8)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(3):
-        for i in range(0, len(digits.x_train), 64):
-            x = (digits.x_train[i:i + 64] + 0.3 * torch.randn_like(digits.x_train[i:i + 64])).clamp(0, 1)
-            loss = F.cross_entropy(net(x), digits.y_train[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+    return digits_cnn(digits, epochs=3, seed=1, noise=0.3)
 
 
 class Killed(Exception):
