@@ -258,8 +258,10 @@ def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> l
     out = []
     for norm, eps in dict.fromkeys((e["norm"], float(e["eps"])) for e in entries):
         here = [e for e in entries if e["norm"] == norm and float(e["eps"]) == eps]
-        found = worst_case(store, clean_ok, norm, eps) or {"norm": norm, "eps": eps, "accuracy": 1.0, "attacks": [],
-                                                           "n_examples": max(e["n_examples"] for e in here)}
+        n = max(e["n_examples"] for e in here)
+        found = worst_case(store, clean_ok, norm, eps) or {
+            "norm": norm, "eps": eps, "accuracy": 1.0, "attacks": [], "n_examples": n,
+            "clean_accuracy": clean_ok[:n].float().mean().item()}
         # No shown number on the same images may be lower (e.g. an entry whose outcome file a later run replaced).
         found["accuracy"] = min([found["accuracy"]] + [e["accuracy"] for e in here
                                                        if e["n_examples"] == found["n_examples"]])

@@ -116,7 +116,7 @@ def worst_case(store: OutcomeStore, clean_ok: Tensor, norm: str, eps: float) -> 
         attacks.append({"component": o.component, "budget": o.key["budget"], "n": len(codes),
                         "attacked": int((codes != NOT_ATTACKED).sum()), "fooled": int((codes == FOOLED).sum())})
     return {"norm": norm, "eps": eps, "n_examples": n, "accuracy": robust.float().mean().item(),
-            "attacks": attacks}
+            "clean_accuracy": clean_ok[:n].float().mean().item(), "attacks": attacks}
 
 
 def worst_by_radius(results: dict) -> dict[tuple[str, float], dict]:
@@ -126,5 +126,6 @@ def worst_by_radius(results: dict) -> dict[tuple[str, float], dict]:
         key = (e["norm"], float(e["eps"]))
         if key not in found or ("attacks" not in found[key] and e["accuracy"] < found[key]["accuracy"]):
             found[key] = {"norm": e["norm"], "eps": e["eps"], "accuracy": e["accuracy"], "n_examples": e["n_examples"],
-                          "verdict": e.get("verdict", "ok")}
+                          "verdict": e.get("verdict", "ok"), **({"clean_accuracy": e["clean_accuracy"]}
+                                                               if "clean_accuracy" in e else {})}
     return found

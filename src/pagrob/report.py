@@ -222,7 +222,9 @@ def _sections(rows: list[dict], dataset: str) -> list[Section]:
     sections.append(Section(f"{dataset}: each attack on its own", table, [note], folded=True))
     guarded, reasons = guards_table(rows)
     if guarded[1]:
-        sections.append(Section(f"{dataset}: gradient-masking guards ({_warning(rows)})", guarded,
+        failed = _failed_runs(rows)
+        verdict = f"failed for {', '.join(failed)}" if failed else "all passed"
+        sections.append(Section(f"{dataset}: gradient-masking guards ({verdict})", guarded,
                                 ["in ball: every adversarial example inside its ε-ball and the valid range; ε-sweep: "
                                  "accuracy falls to ~0 as ε grows to cover the input range; black-box: Square fools "
                                  "no clearly more images than the white-box attacks; loss rises: gradient ascent beats "

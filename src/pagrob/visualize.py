@@ -156,7 +156,8 @@ def plot_gradients(runs: list[Run], data: Dataset, out: Path, n_images: int = 6)
 
 def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
     """The headline: worst-case robust accuracy (over every attack run, per image) against eps from results.json,
-    one panel per norm, one line per run; eps 0 is the clean accuracy. Hollow markers: a guard failed there."""
+    one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers: a
+    guard failed there."""
     from matplotlib.lines import Line2D
 
     results = [r for r in (read_results(d) for d in run_dirs) if r]
@@ -170,7 +171,7 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
             if not points:
                 continue
             eps = [0.0] + [p["eps"] for p in points]
-            acc = [100 * r["clean_accuracy"]] + [100 * p["accuracy"] for p in points]
+            acc = [100 * points[0].get("clean_accuracy", r["clean_accuracy"])] + [100 * p["accuracy"] for p in points]
             colour = colours(k % 10)
             ax.plot(eps, acc, "-", color=colour)
             suspect = [p.get("verdict") == "suspect" for p in points]
@@ -185,7 +186,7 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
     handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     datasets = ", ".join(sorted({r["dataset"] for r in results}))
-    fig.suptitle(f"{datasets}: {HEADLINE} (ε = 0: clean accuracy)", fontsize=11)
+    fig.suptitle(f"{datasets}: {HEADLINE} (ε = 0: clean accuracy on the attacked images)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
