@@ -6,15 +6,9 @@ import sys
 
 from structure import cycles, import_graph
 
-# Circles another branch removes; each entry must still be a circle here (so a fixed one is struck off).
-KNOWN = [["pagrob.report", "pagrob.visualize"]]  # plot_toy_boundaries moves out of report.py on the evaluation branch
-
-
 def test_no_import_circle_between_pagrob_modules():
     found = cycles(import_graph())
-    new = [c for c in found if c not in KNOWN]
-    assert not new, "import circles: " + "; ".join(" <-> ".join(c) for c in new)
-    assert all(c in found for c in KNOWN), "a KNOWN circle is gone: strike it off the list"
+    assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_the_graph_sees_imports_inside_functions(tmp_path):

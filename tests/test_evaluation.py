@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagrob import guards
@@ -12,8 +11,9 @@ from pagrob.attacks import check_perturbation
 from pagrob.attacks.library import LibraryAttack, as_images, from_images, unit_box, unit_eps
 from pagrob.cli import main
 from pagrob.data import load_dataset
-from pagrob.evaluate import merge_entries, robust_accuracy, summary_line
-from pagrob.models import build_model
+from pagrob.attacks.settings import AttackSettings
+from pagrob.evaluate import Victim, merge_entries, robust_accuracy, summary_line
+from small_models import digits_cnn
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +24,12 @@ def digits():
 @pytest.fixture(scope="module")
 def plain(digits):
     """A small CNN trained for a few seconds: ~95% clean, no defence at all."""
-    torch.manual_seed(0)
-    model = build_model("cnn", digits.input_shape, 10, width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(8):
-        for i in range(0, len(digits.x_train), 64):
-            loss = F.cross_entropy(model(digits.x_train[i:i + 64]), digits.y_train[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return digits_cnn(digits, epochs=8)
+
+
+def attack_digits(model, x, y, attack, eps, version="custom-fast", **settings):
+    s = AttackSettings(attack=attack, norm="l2", eps=eps, version=version, **settings)
+    return robust_accuracy(Victim(model, x, y, (0.0, 1.0), 10), s, progress=False)
 
 
 class Quantize(nn.Module):
@@ -95,7 +91,7 @@ def test_apgd_t_refuses_two_classes_with_the_fix():
 
 def test_autoattack_breaks_a_plain_model_and_its_guards_pass(plain, digits):
     x, y = digits.x_test[:100], digits.y_test[:100]
-    entry = robust_accuracy(plain, x, y, "autoattack", "l2", 2.0, (0.0, 1.0), 10, "custom-fast", progress=False)
+    entry = attack_digits(plain, x, y, "autoattack", 2.0)
     print(summary_line(entry))
     assert entry["accuracy"] < 0.05
     assert entry["verdict"] == "ok" and entry["suspect_reasons"] == []
@@ -148,7 +144,7 @@ def test_guards_flag_a_gradient_masking_quantiser(plain, digits, capsys):
     masked = nn.Sequential(Quantize(), plain).eval()
     x, y = digits.x_test[:100], digits.y_test[:100]
     assert torch.equal(masked(x).argmax(1), plain(x).argmax(1))  # same classifier on clean digits
-    entry = robust_accuracy(masked, x, y, "autoattack", "l2", 2.0, (0.0, 1.0), 10, "custom-fast", progress=False)
+    entry = attack_digits(masked, x, y, "autoattack", 2.0)
     with capsys.disabled():
         print("\nmasked model:", summary_line(entry))
     failed = {k for k, g in entry["guards"].items() if not g["passed"]}
@@ -162,9 +158,9 @@ def test_guards_flag_a_gradient_masking_quantiser(plain, digits, capsys):
 def test_a_single_white_box_attack_is_checked_against_square(plain, digits):
     masked = nn.Sequential(Quantize(), plain).eval()
     x, y = digits.x_test[:60], digits.y_test[:60]
-    entry = robust_accuracy(masked, x, y, "pgd", "l2", 2.0, (0.0, 1.0), 10, "custom-fast", progress=False)
+    entry = attack_digits(masked, x, y, "pgd", 2.0, pgd_steps=20, pgd_restarts=1)
     assert entry["accuracy"] > 0.5 and not entry["guards"]["blackbox"]["passed"]
-    assert entry["steps"] == 20 and "version" not in entry
+    assert entry["steps"] == 20 and entry["losses"] == ["ce", "margin"] and "version" not in entry
 
 
 def test_in_ball_guard_counts_and_names_invalid_examples():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pagrob.cli import main
-from pagrob.report import results_table, write_report
+from pagrob.report import SUSPECT, results_table, summary_table, write_report
 from pagrob.runs import load_run
 from pagrob.visualize import make_figures, pick_images, targeted_images
 
@@ -60,21 +60,46 @@ def test_report_html_is_self_contained_and_carries_the_tables(runs, tmp_path):
     assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "src=\"http" not in html and "<link" not in html  # nothing fetched when opened offline
     for text in ("autoattack [custom-fast] L2 1", "gradient-masking guards", "images fooled by each component",
-                 "alignment scores", "notes here"):
+                 "alignment scores", "notes here", "How these numbers were made", "torchattacks"):
         assert text in html, text
-    assert "autoattack [custom-fast] L2 1" in md.read_text() and "digits_targeted.png" in md.read_text()
+    text = md.read_text()
+    assert "autoattack [custom-fast] L2 1" in text and "digits_targeted.png" in text
+    # The reader's first sight: the headline figure, then the summary; the details are folded.
+    assert html.index("worst-case robust accuracy versus ε") < html.index("clean and worst-case robust accuracy")
+    assert html.index("clean and worst-case robust accuracy") < html.index("<details>")
+    assert "<summary>digits: each attack on its own</summary>" in html
     results = json.loads((runs[0] / "results.json").read_text())
     verdict = [e["verdict"] for e in results["robust_accuracy"] if e["attack"] == "autoattack"][0]
     assert f"<td class=\"{'good' if verdict == 'ok' else 'bad'}\">{verdict}</td>" in html
 
 
-def test_results_table_keeps_its_markdown_shape(runs):
+def test_results_table_shows_one_worst_case_per_radius(runs):
     table = results_table(list(runs))
     assert "### digits" in table and "### toy2d" in table
-    head = [line for line in table.splitlines() if line.startswith("| run")][0]
-    assert "pgd L2 0.5" in head and "autoattack [custom-fast] L2 1" in head
+    head = [line for line in table.splitlines() if line.startswith("| run")][0].split(" | ")
+    assert head[3:6] == ["L2 0.5", "L2 1", "alignment"] and "train min" in head[-2]
+    digits = json.loads((runs[0] / "results.json").read_text())
+    at1 = [w for w in digits["worst_case"] if w["eps"] == 1.0][0]
+    shown = [line for line in table.splitlines() if line.startswith("| digits")][0].split(" | ")[4]
+    assert shown.split()[0] == f"{100 * at1['accuracy']:.1f}"
+    assert at1["accuracy"] <= min(e["accuracy"] for e in digits["robust_accuracy"] if e["eps"] == 1.0)
+    assert {a["component"] for a in at1["attacks"]} >= {"pgd", "apgd-ce"}  # training's PGD and AutoAttack
+
+
+def _rows(verdicts: dict[str, str]) -> list[dict]:
+    return [{"name": name, "method": "vanilla", "clean_accuracy": 0.9, "n_test": 10,
+             "robust_accuracy": [{"attack": "pgd", "norm": "l2", "eps": 0.5, "n_examples": 10, "accuracy": 0.5,
+                                  "verdict": v}]} for name, v in verdicts.items()]
+
+
+def test_the_caption_warns_only_when_a_guard_failed_and_names_the_runs():
+    _, note = summary_table(_rows({"a": "ok", "b": "ok"}))
+    assert SUSPECT not in note and "Every gradient-masking guard passed" in note
+    (_, body), note = summary_table(_rows({"a": "ok", "b": "suspect", "c": "suspect"}))
+    assert f"{SUSPECT}: a gradient-masking guard failed for b, c" in note
+    assert [row[-1] for row in body] == ["ok", "suspect", "suspect"]
 
 
 def test_figures_skip_what_does_not_apply(runs, tmp_path):
     captions = [c for c, _ in make_figures([runs[1]], tmp_path)]
-    assert captions == ["toy2d: decision regions", "toy2d: accuracy versus ε"]
+    assert captions == ["toy2d: decision regions", "toy2d: worst-case robust accuracy versus ε"]

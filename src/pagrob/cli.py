@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="attack a trained run (AutoAttack by default), run the gradient-masking "
                                         "guards, score alignment; update its results.json")
     p.add_argument("run_dir")
-    p.add_argument("--attack", choices=_Registry("pagrob.evaluate", "ATTACKS"), default="autoattack",
+    p.add_argument("--attack", choices=_Registry("pagrob.attacks.settings", "ATTACKS"), default="autoattack",
                    metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence "
-                                          "(torchattacks); pgd: ours")
+                                          "(torchattacks); pgd: ours (100 steps, restarts, CE and margin losses)")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")

@@ -84,8 +84,10 @@ class EvalConfig:
     norms: list[str] = field(default_factory=lambda: ["l2"])
     eps_l2: list[float] = field(default_factory=lambda: [0.5])
     eps_linf: list[float] = field(default_factory=lambda: [8 / 255])
-    pgd_steps: int = 20
-    pgd_restarts: int = 1
+    # The evaluation PGD (not the cheap one inside adversarial training): each restart runs every loss.
+    pgd_steps: int = 100
+    pgd_restarts: int = 3
+    pgd_losses: list[str] = field(default_factory=lambda: ["ce", "margin"])
     n: int = 0  # test images evaluated under attack, the first n in order; 0 means all
     batch_size: int = 256
 
@@ -262,6 +264,8 @@ def validate(cfg: Config) -> None:
     _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
     _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")
     _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")
+    _check(bool(cfg.eval.pgd_losses) and set(cfg.eval.pgd_losses) <= {"ce", "margin"},
+           f"eval.pgd_losses must be a non-empty list of ce and/or margin, got {cfg.eval.pgd_losses}")
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")

@@ -65,14 +65,14 @@ AUTOATTACK: dict[str, list[tuple[str, list[float], int, str]]] = {
 }
 
 NOTES = """Every run of a dataset shares its model, optimiser, epochs and attacks; only the training objective
-differs. "pgd" columns: our PGD (random start, step 2.5·ε/steps; digits 20 steps, toy2d 100 steps and 10
-restarts) right after training. "autoattack": AutoAttack (APGD-CE, APGD-T, FAB-T, Square; torchattacks) on
-the first n test images, standard version unless the column says [custom-fast].
-toy2d: an MLP on raw coordinates trained with Adam; PAG's exact targets are those of the mixture at noise level
-σ = 20, taken at x + N(0, 20² I) ("pag-exact", "pag-sbg") or at the data points alone ("pag-exact-at-data").
-Every adversarial example is checked against its ε-ball and the valid range, and every robust number is
-guarded against gradient masking (ε-sweep, black-box check, loss rise). Settings: `pagrob.demo.RUNS`,
-`pagrob.demo.AUTOATTACK`."""
+differs. Each robust number is the worst case over every attack run at its radius, per image: the evaluation PGD
+right after training (100 steps, restarts with cross-entropy and a margin loss; toy2d 10 restarts, digits 3),
+AutoAttack (APGD-CE, APGD-T, FAB-T, Square; torchattacks; standard version, custom-fast at digits L∞) where it
+ran, and the guards' Square runs. toy2d: an MLP on raw coordinates trained with Adam; PAG's exact targets are
+those of the mixture at noise level σ = 20, taken at x + N(0, 20² I) ("pag-exact", "pag-sbg") or at the data
+points alone ("pag-exact-at-data"). Every adversarial example is checked against its ε-ball and the valid range,
+and every robust number is guarded against gradient masking (ε-sweep, black-box check, loss rise). Settings:
+`pagrob.demo.RUNS`, `pagrob.demo.AUTOATTACK`."""
 
 
 def run_demo(out: Path, progress: bool = True, only: list[str] | None = None) -> Path:

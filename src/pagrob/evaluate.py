@@ -1,186 +1,293 @@
 """Clean and robust accuracy, alignment scores; every adversarial example is checked before it counts.
 
-`robust_accuracy` is the one entry point for a robust number: it runs the attack (our PGD, one
-AutoAttack component, or AutoAttack's components in sequence on the images still standing), records
-which component fooled which image, and runs the gradient-masking guards (`pagrob.guards`) on the
-result. An entry that fails a guard carries `verdict: "suspect"` and the reasons.
+`robust_accuracy` is the one entry point for a robust number: it runs the attack (our evaluation PGD, one
+AutoAttack component, or AutoAttack's components in sequence on the images still standing), records which
+component fooled which image, and runs the gradient-masking guards (`pagrob.guards`) on the result. An entry
+that fails a guard carries `verdict: "suspect"` and the reasons.
+
+Every component's per-image outcome goes to the run folder as it is found (`pagrob.outcomes`): a killed
+evaluation continues batch by batch with the same numbers, and the worst case at each (norm, eps), per image
+over every attack that ever ran there, is the robust accuracy the report shows.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+import pagrob
 from pagrob import console, guards
-from pagrob.accuracy import clean_accuracy, predict
-from pagrob.attacks import PGD
-from pagrob.attacks.library import COMPONENTS, LibraryAttack, components_for, get_version
+from pagrob.accuracy import predict
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score, alignment_scores
+from pagrob.attacks.library import MIN_CLASSES, LibraryAttack, components_for, get_version
+from pagrob.attacks.pgd import EvalPGD
+from pagrob.attacks.settings import AttackSettings
 from pagrob.config import Config, EvalConfig
 from pagrob.data import Dataset
-from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score, alignment_scores
 from pagrob.devices import resolve_device
+from pagrob.outcomes import FOLDER, FOOLED, INVALID, NOT_ATTACKED, SURVIVED, OutcomeStore, model_hash, worst_case
 from pagrob.files import write_json
 from pagrob.targets import TargetSource, make_source, reference_source_name
 
 Attack = Callable[[Tensor, Tensor], Tensor]
-ATTACKS = ("autoattack", "pgd") + COMPONENTS
 # RobustBench's CIFAR-10 radii, the defaults wherever the inputs are images in [0, 1].
 ROBUSTBENCH_EPS = {"l2": 0.5, "linf": 8 / 255}
 
 
-class _Tally:
-    """Invalid adversarial examples seen while attacking (guard a)."""
+@dataclass(frozen=True)
+class Victim:
+    """The model and the images under attack, and the valid input range (None: unbounded, e.g. toy2d points)."""
 
-    def __init__(self) -> None:
-        self.violations, self.message = 0, None
-
-    def add(self, bad: Tensor, message: str | None) -> None:
-        self.violations += int(bad.sum())
-        self.message = self.message or message
-
-
-def _still_correct(model: nn.Module, x: Tensor, y: Tensor, attack: Attack, norm: str, eps: float,
-                   bounds: tuple[float, float] | None, batch_size: int, tally: _Tally, bar: tqdm) -> Tensor:
-    """Per image: the attack did not fool it. An example outside its ball or range counts as not fooled."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        x_adv = attack(xb, yb)
-        bad, message = guards.outside_ball(xb, x_adv, norm, eps, bounds)
-        tally.add(bad, message)
-        with torch.no_grad():
-            out.append((model(x_adv).argmax(1) == yb) | bad)
-        bar.update(len(xb))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    bounds: tuple[float, float] | None
+    num_classes: int
 
 
-def _make_attack(name: str, model: nn.Module, norm: str, eps: float, bounds: tuple[float, float] | None,
-                 num_classes: int, version: str, pgd_steps: int, pgd_restarts: int,
-                 on_forward: Callable[[int], None] | None) -> Attack:
+def _batch_seed(seed: int, first_image: int) -> int:
+    """Each batch's randomness depends only on where it starts: a resumed run draws what an uninterrupted one did."""
+    return seed * 1_000_003 + first_image
+
+
+def _make_attack(name: str, v: Victim, s: AttackSettings, seed: int, on_forward: Callable[[int], None]) -> Attack:
     if name == "pgd":
-        return PGD(model, norm, eps, pgd_steps, restarts=pgd_restarts, bounds=bounds,
-                   generator=torch.Generator().manual_seed(0))
-    return LibraryAttack(model, name, norm, eps, num_classes, bounds, version, on_forward=on_forward)
+        return EvalPGD(v.model, s.norm, s.eps, s.pgd_steps, s.pgd_restarts, s.pgd_losses, v.bounds,
+                       torch.Generator().manual_seed(seed))
+    return LibraryAttack(v.model, name, s.norm, s.eps, v.num_classes, v.bounds, s.version, seed, on_forward)
 
 
-def run_sequence(model: nn.Module, x: Tensor, y: Tensor, names: list[str], norm: str, eps: float,
-                 bounds: tuple[float, float] | None, num_classes: int, version: str = "standard",
-                 pgd_steps: int = 20, pgd_restarts: int = 1, batch_size: int = 256, progress: bool = True,
-                 robust: Tensor | None = None, tally: _Tally | None = None
-                 ) -> tuple[Tensor, dict[str, list[int]], dict[str, float]]:
-    """Attacks in order, each on the images all before it left standing.
+def run_component(v: Victim, name: str, s: AttackSettings, robust: Tensor, store: OutcomeStore,
+                  progress: bool = True) -> Tensor:
+    """One attack on the images `robust` marks, batch by batch, each batch's outcome saved before the next.
 
-    Returns the per-image "still correct" mask and, per attack, the indices (into x) it fooled and its seconds.
-    `robust` is the starting mask (default: the clean predictions' correctness).
+    Images whose outcome the store already holds are not attacked again. Returns the outcome codes of all images
+    (NOT_ATTACKED where `robust` is False and nothing was stored).
     """
-    robust = (predict(model, x) == y) if robust is None else robust.clone()
-    tally = tally or _Tally()
-    broken_by: dict[str, list[int]] = {}
-    seconds: dict[str, float] = {}
+    outcomes = store.open(name, s, len(v.x))
+    idx = robust.nonzero().squeeze(1).cpu()
+    codes = torch.tensor(outcomes.codes, dtype=torch.long)
+    todo = idx[codes[idx] == NOT_ATTACKED]
+    start = time.perf_counter()
+    bar = console.bar(total=len(idx), initial=len(idx) - len(todo), desc=f"{name} {s.norm} eps={s.eps:g}",
+                      unit="img", leave=False, enabled=progress)
+    forwards = [0]
+
+    def on_forward(_: int) -> None:
+        forwards[0] += 1
+        bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=False)
+        bar.update(0)
+
+    for i in range(0, len(todo), s.batch_size):
+        batch = todo[i:i + s.batch_size]
+        b = batch.to(v.x.device)
+        xb, yb = v.x[b], v.y[b]
+        x_adv = _make_attack(name, v, s, _batch_seed(s.seed, int(batch[0])), on_forward)(xb, yb)
+        bad, message = guards.outside_ball(xb, x_adv, s.norm, s.eps, v.bounds)
+        with torch.no_grad():
+            ok = v.model(x_adv).argmax(1) == yb
+        new = torch.where(bad, INVALID, torch.where(ok, SURVIVED, FOOLED)).cpu()
+        outcomes.update(batch, new, message)
+        codes[batch] = new
+        bar.update(len(batch))
+    bar.close()
+    mine = codes[idx]
+    console.line(f"{name} ({s.budget(name)}) {s.norm} eps={s.eps:g}: fooled {int((mine == FOOLED).sum())} of "
+                 f"{len(idx)} images ({len(idx) - len(todo)} from earlier), {time.perf_counter() - start:.1f} s",
+                 progress)
+    return codes
+
+
+@dataclass
+class SequenceResult:
+    """What a sequence of attacks left: per-image robustness, who fooled whom, invalid examples, seconds."""
+
+    robust: Tensor
+    broken_by: dict[str, list[int]]
+    seconds: dict[str, float]
+    invalid: int
+    message: str | None
+
+
+def run_sequence(v: Victim, names: list[str], s: AttackSettings, robust: Tensor, store: OutcomeStore,
+                 progress: bool = True) -> SequenceResult:
+    """Attacks in order, each on the images all before it left standing (starting from `robust`)."""
+    robust = robust.clone()
+    result = SequenceResult(robust, {}, {}, 0, None)
     for name in names:
         start = time.perf_counter()
-        idx = robust.nonzero().squeeze(1)
-        bar = console.bar(total=len(idx), desc=f"{name} {norm} eps={eps:g}", unit="img", enabled=progress,
-                          leave=False)
-        forwards = [0]
-
-        def on_forward(_: int) -> None:
-            forwards[0] += 1
-            bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=False)
-            bar.update(0)
-
-        attack = _make_attack(name, model, norm, eps, bounds, num_classes, version, pgd_steps, pgd_restarts,
-                              on_forward)
-        ok = _still_correct(model, x[idx], y[idx], attack, norm, eps, bounds, batch_size, tally, bar)
-        bar.close()
-        fooled = idx[~ok]
-        robust[fooled] = False
-        broken_by[name] = fooled.tolist()
-        seconds[name] = time.perf_counter() - start
-    return robust, broken_by, seconds
+        idx = robust.nonzero().squeeze(1).cpu()
+        codes = run_component(v, name, s, robust, store, progress)[idx]
+        fooled = idx[codes == FOOLED]
+        robust[fooled.to(robust.device)] = False
+        result.broken_by[name] = fooled.tolist()
+        result.invalid += int((codes == INVALID).sum())
+        result.message = result.message or store.open(name, s, len(v.x)).message
+        result.seconds[name] = time.perf_counter() - start
+    return result
 
 
-def _blackbox_guard(model: nn.Module, x: Tensor, y: Tensor, names: list[str], robust: Tensor,
-                    broken_by: dict[str, list[int]], clean_ok: Tensor, norm: str, eps: float,
-                    bounds: tuple[float, float] | None, num_classes: int, version: str, batch_size: int,
-                    progress: bool, tally: _Tally) -> dict:
+def _blackbox_guard(v: Victim, names: list[str], s: AttackSettings, seq: SequenceResult, clean_ok: Tensor,
+                    store: OutcomeStore, progress: bool) -> dict:
     """Guard (c): how many images Square fools that the white-box attacks could not."""
-    run = dict(norm=norm, eps=eps, bounds=bounds, num_classes=num_classes, version=version, batch_size=batch_size,
-               progress=progress, tally=tally)
-    queries = get_version(version).queries
+    queries = get_version(s.version).queries
+    robust = seq.robust
     if names == ["square"]:  # the attack is black-box: compare it with APGD-CE on the same images
-        wb_robust, _, _ = run_sequence(model, x, y, ["apgd-ce"], robust=clean_ok, **run)
-        return guards.blackbox(int(wb_robust.sum()), int((wb_robust & ~robust).sum()), len(x), queries)
+        wb = run_sequence(v, ["apgd-ce"], s, clean_ok, store, progress)
+        seq.invalid, seq.message = seq.invalid + wb.invalid, seq.message or wb.message
+        return guards.blackbox(int(wb.robust.sum()), int((wb.robust & ~robust).sum()), len(v.x), queries)
     if "square" in names:  # Square ran last, on the white-box survivors
-        extra = len(broken_by["square"])
-        return guards.blackbox(int(robust.sum()) + extra, extra, len(x), queries)
-    after, _, _ = run_sequence(model, x, y, ["square"], robust=robust, **run)
-    return guards.blackbox(int(robust.sum()), int((robust & ~after).sum()), len(x), queries)
+        extra = len(seq.broken_by["square"])
+        return guards.blackbox(int(robust.sum()) + extra, extra, len(v.x), queries)
+    after = run_sequence(v, ["square"], s, robust, store, progress)
+    seq.invalid, seq.message = seq.invalid + after.invalid, seq.message or after.message
+    return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), len(v.x), queries)
 
 
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str, norm: str, eps: float,
-                    bounds: tuple[float, float] | None, num_classes: int | None = None, version: str = "standard",
-                    pgd_steps: int = 20, pgd_restarts: int = 1, batch_size: int = 256, progress: bool = True,
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """The commit pagrob runs from when it runs from its own checkout (with "-dirty" for local changes), else None."""
+    package = Path(pagrob.__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() / "src" / "pagrob" != package:
+            return None  # installed inside someone else's repository
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(s: AttackSettings, device: torch.device | str) -> dict:
+    """How a number was made: code and library versions, the device, and every attack setting."""
+    return {"pagrob": pagrob.__version__, "git_commit": _git_commit(), "torch": torch.__version__,
+            "torchattacks": _version_of("torchattacks"), "device": str(device), "settings": s.as_dict()}
+
+
+def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = None, progress: bool = True,
                     sweep: dict | None = None) -> dict:
     """One `robust_accuracy` entry for results.json, with its per-attack breakdown and guard verdicts.
 
-    `sweep` reuses an eps-sweep guard already computed for this model, norm and images.
+    `store` keeps per-image outcomes (default: in memory only); `sweep` reuses an eps-sweep guard already computed
+    for this model, norm and images.
     """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack '{attack}': use {', '.join(ATTACKS)}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps} (eps 0 is the clean accuracy)")
-    get_version(version)
+    need = MIN_CLASSES.get(s.attack, 2)
+    if v.num_classes < need:
+        raise ValueError(f"{s.attack} needs at least {need} classes, the data has {v.num_classes}: "
+                         "use apgd-ce, fab-t, square, pgd or autoattack")
     start = time.perf_counter()
-    model.eval()
-    clean_ok = predict(model, x) == y
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[1]
-    names, skipped = (components_for(version, num_classes) if attack == "autoattack" else ([attack], []))
-    tally = _Tally()
-    robust, broken_by, seconds = run_sequence(model, x, y, names, norm, eps, bounds, num_classes, version, pgd_steps,
-                                     pgd_restarts, batch_size, progress, clean_ok, tally)
+    v.model.eval()
+    store = store or OutcomeStore(None, model_hash(v.model))
+    clean_ok = predict(v.model, v.x) == v.y
+    names, skipped = (components_for(s.version, v.num_classes) if s.attack == "autoattack" else ([s.attack], []))
+    seq = run_sequence(v, names, s, clean_ok, store, progress)
     checks = {
-        "eps_sweep": sweep or guards.eps_sweep(model, x, y, norm, eps, bounds),
-        "blackbox": _blackbox_guard(model, x, y, names, robust, broken_by, clean_ok, norm, eps, bounds, num_classes,
-                                    version, batch_size, progress, tally),
-        "loss_rise": guards.loss_rise(model, x, y, norm, eps, bounds),
+        "eps_sweep": sweep or guards.eps_sweep(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
+        "blackbox": _blackbox_guard(v, names, s, seq, clean_ok, store, progress),
+        "loss_rise": guards.loss_rise(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
     }
-    checks = {"in_ball": guards.in_ball(tally.violations, len(x), tally.message), **checks}
+    checks = {"in_ball": guards.in_ball(seq.invalid, len(v.x), seq.message), **checks}
     status, reasons = guards.verdict(checks)
-    entry = {"attack": attack, "norm": norm, "eps": eps, "n_examples": len(x),
-             "accuracy": robust.float().mean().item(), "clean_accuracy": clean_ok.float().mean().item()}
-    if attack == "pgd":
-        entry.update(steps=pgd_steps, restarts=pgd_restarts)
+    entry = {"attack": s.attack, "norm": s.norm, "eps": s.eps, "n_examples": len(v.x),
+             "accuracy": seq.robust.float().mean().item(), "clean_accuracy": clean_ok.float().mean().item()}
+    if s.attack == "pgd":
+        entry.update(steps=s.pgd_steps, restarts=s.pgd_restarts, losses=list(s.pgd_losses))
     else:
-        entry["version"] = version
-    entry.update(breakdown={"clean": int((~clean_ok).sum()), **{k: len(v) for k, v in broken_by.items()}},
-                 broken_by=broken_by, skipped=skipped, guards=checks, verdict=status, suspect_reasons=reasons,
-                 seconds_by_attack=seconds, seconds=time.perf_counter() - start)
+        entry["version"] = s.version
+    entry.update(breakdown={"clean": int((~clean_ok).sum()), **{k: len(x) for k, x in seq.broken_by.items()}},
+                 broken_by=seq.broken_by, skipped=skipped, guards=checks, verdict=status, suspect_reasons=reasons,
+                 seconds_by_attack=seq.seconds, seconds=time.perf_counter() - start,
+                 provenance=provenance(s, v.x.device))
     return entry
 
 
-def pgd_results(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, bounds: tuple[float, float] | None,
-                progress: bool = True) -> list[dict]:
-    """Robust accuracy under our PGD for every norm and eps in the eval config, guarded.
+def eval_settings(cfg: EvalConfig, **changes) -> AttackSettings:
+    """The run's evaluation settings (PGD budget, batch size) as one value, with `changes` applied."""
+    return AttackSettings(**{"pgd_steps": cfg.pgd_steps, "pgd_restarts": cfg.pgd_restarts,
+                             "pgd_losses": tuple(cfg.pgd_losses), "batch_size": cfg.batch_size, **changes})
+
+
+def pgd_results(v: Victim, cfg: EvalConfig, store: OutcomeStore, progress: bool = True) -> list[dict]:
+    """Robust accuracy under the evaluation PGD for every norm and eps in the eval config, guarded.
 
     The guards' black-box check uses the "custom-fast" Square budget here: this runs after every training.
     """
     rows = []
     for norm in cfg.norms:
         eps_list = [e for e in (cfg.eps_l2 if norm == "l2" else cfg.eps_linf) if e > 0]
-        sweep = guards.eps_sweep(model, x, y, norm, max(eps_list), bounds) if eps_list else None
+        sweep = guards.eps_sweep(v.model, v.x, v.y, norm, max(eps_list), v.bounds) if eps_list else None
         for eps in eps_list:
-            rows.append(robust_accuracy(model, x, y, "pgd", norm, eps, bounds, version="custom-fast",
-                                        pgd_steps=cfg.pgd_steps, pgd_restarts=cfg.pgd_restarts,
-                                        batch_size=cfg.batch_size, progress=progress, sweep=sweep))
+            s = eval_settings(cfg, attack="pgd", norm=norm, eps=eps, version="custom-fast")
+            rows.append(robust_accuracy(v, s, store, progress, sweep))
     return rows
+
+
+def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> list[dict]:
+    """One robust accuracy per (norm, eps) of `entries`: per image, over every attack that ran there.
+
+    `clean_ok`: the clean correctness of the test images in order (at least as many as any attack saw). The verdict
+    is "suspect" when any entry at that radius failed a guard. An entry on the same images whose outcomes are not
+    stored (results written before outcomes were kept) counts with its own accuracy.
+    """
+    out = []
+    for norm, eps in dict.fromkeys((e["norm"], float(e["eps"])) for e in entries):
+        here = [e for e in entries if e["norm"] == norm and float(e["eps"]) == eps]
+        n = max(e["n_examples"] for e in here)
+        found = worst_case(store, clean_ok, norm, eps) or {
+            "norm": norm, "eps": eps, "accuracy": 1.0, "attacks": [], "n_examples": n,
+            "clean_accuracy": clean_ok[:n].float().mean().item()}
+        # No shown number on the same images may be lower (e.g. an entry whose outcome file a later run replaced).
+        found["accuracy"] = min([found["accuracy"]] + [e["accuracy"] for e in here
+                                                       if e["n_examples"] == found["n_examples"]])
+        suspects = [e for e in here if e.get("verdict") == "suspect"]
+        found.update(verdict="suspect" if suspects else "ok",
+                     suspect_attacks=[e["attack"] + (f" [{e['version']}]" if "version" in e else "") for e in suspects])
+        out.append(found)
+    return out
+
+
+def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
+                       train_seconds: float, progress: bool = True) -> dict:
+    """The end-of-training evaluation: clean accuracy on the whole test split, the evaluation PGD on the first
+    eval.n test images (per-image outcomes kept in `out`), the worst case per radius, alignment; results.json."""
+    model.eval()
+    n = cfg.eval.n or len(data.x_test)
+    clean_ok = predict(model, data.x_test) == data.y_test
+    store = OutcomeStore(out / FOLDER, model_hash(model))
+    entries = pgd_results(Victim(model, data.x_test[:n], data.y_test[:n], data.bounds, data.num_classes), cfg.eval,
+                          store, progress)
+    results = {
+        "dataset": data.name,
+        "method": cfg.method,
+        "name": cfg.name,
+        "clean_accuracy": clean_ok.float().mean().item(),
+        "n_test": len(data.x_test),
+        "robust_accuracy": entries,
+        "worst_case": worst_cases(store, clean_ok, entries),
+        "alignment": {"source": align_source.name,
+                      "cosine": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
+        "train_seconds": train_seconds,
+    }
+    write_json(out / "results.json", results)
+    return results
 
 
 def summary_line(entry: dict) -> str:
@@ -221,55 +328,31 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
                  device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
     """Attack the first n test images of a run (`pagrob.runs.Run`), score alignment, update its results.json.
 
-    Returns the new robust_accuracy entries (`summary_line` gives each one line for the screen).
+    Per-image outcomes go to the run folder as they are found: run the same command again after a kill and it
+    continues. Returns the new robust_accuracy entries (`summary_line` gives each one line for the screen).
     """
-    if norm not in ROBUSTBENCH_EPS:
-        raise ValueError(f"norm must be l2 or linf, got '{norm}'")
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack '{attack}': use {', '.join(ATTACKS)}")
-    get_version(version)
+    # Every setting is checked (the AttackSettings) before any attack starts.
+    settings = [eval_settings(run.config.eval, attack=attack, norm=norm, eps=e, version=version)
+                for e in eps or default_eps(run, norm)]
     data = run.dataset()
     n = run.config.eval.n if n is None else n
     n = min(n, len(data.x_test)) if n > 0 else len(data.x_test)
     device = device or resolve_device(run.config.device)
     model = run.model.to(device).eval()
-    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
-    entries = []
-    for e in eps or default_eps(run, norm):
-        entry = robust_accuracy(model, x, y, attack, norm, e, data.bounds, data.num_classes, version,
-                                run.config.eval.pgd_steps, run.config.eval.pgd_restarts, run.config.eval.batch_size,
-                                progress)
-        entries.append(entry)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    victim = Victim(model, x_test[:n], y_test[:n], data.bounds, data.num_classes)
+    store = OutcomeStore(run.path / FOLDER, model_hash(model))
+    entries = [robust_accuracy(victim, s, store, progress) for s in settings]
     sources = {}
     for name in alignment if alignment is not None else default_alignment_sources(run):
         sources[name] = make_source(name, run.config.pag, data).to(device)
-    x_align = data.x_test[:ALIGNMENT_IMAGES].to(device)
+    clean_ok = predict(model, x_test) == y_test
     results = run.results
     if "clean_accuracy" not in results:  # an imported checkpoint's first evaluation
-        results.update(clean_accuracy=clean_accuracy(model, data.x_test.to(device), data.y_test.to(device)),
-                       n_test=len(data.x_test))
+        results.update(clean_accuracy=clean_ok.float().mean().item(), n_test=len(data.x_test))
     results["robust_accuracy"] = merge_entries(results.get("robust_accuracy", []), entries)
+    results["worst_case"] = worst_cases(store, clean_ok, results["robust_accuracy"])
     results["alignment_scores"] = {**results.get("alignment_scores", {}),
-                                   **alignment_scores(model, x_align, sources, data.num_classes)}
+                                   **alignment_scores(model, x_test[:ALIGNMENT_IMAGES], sources, data.num_classes)}
     write_json(run.path / "results.json", results)
     return entries
-
-
-def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
-                       train_seconds: float, progress: bool = True) -> dict:
-    """Clean accuracy on the whole test split, PGD on the first eval.n test images, alignment; results.json."""
-    n = cfg.eval.n or len(data.x_test)
-    x, y = data.x_test[:n], data.y_test[:n]
-    results = {
-        "dataset": data.name,
-        "method": cfg.method,
-        "name": cfg.name,
-        "clean_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-        "n_test": len(data.x_test),
-        "robust_accuracy": pgd_results(model, x, y, cfg.eval, data.bounds, progress),
-        "alignment": {"source": align_source.name,
-                      "cosine": alignment_score(model, x[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
-        "train_seconds": train_seconds,
-    }
-    write_json(out / "results.json", results)
-    return results

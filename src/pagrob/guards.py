@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pagrob.attacks import PerturbationError, check_perturbation, project
 from pagrob.attacks.checks import norms
+from pagrob.attacks.pgd import margin
 
 SWEEP_FACTORS = (2.0, 4.0, 8.0)  # multiples of the evaluated eps, capped at the covering eps
 SWEEP_IMAGES = 200
@@ -118,12 +118,6 @@ def blackbox(whitebox_survivors: int, blackbox_extra: int, n: int, queries: int)
                   f"the black-box Square attack fooled {blackbox_extra} of {n} images that the white-box attacks "
                   f"could not (limit {limit:g})", whitebox_survivors=whitebox_survivors, blackbox_extra=blackbox_extra,
                   square_queries=queries)
-
-
-def margin(logits: Tensor, y: Tensor) -> Tensor:
-    """Best other logit minus the true one: the attack's loss, never saturating like cross-entropy can."""
-    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return others - logits.gather(1, y[:, None]).squeeze(1)
 
 
 def _unit(v: Tensor, norm: str) -> Tensor:

@@ -1,27 +1,38 @@
 """Tables and figures from run folders: `report.md` and a self-contained `report.html`.
 
-Both are rendered from the same tables (clean and robust accuracy per attack and eps, the guards'
-verdicts, AutoAttack's per-component breakdown, alignment scores) and the same pictures
-(`pagrob.visualize`); the HTML embeds the pictures as base64, so it opens offline as one file.
+The report leads with what a reader came for: per dataset, one figure (worst-case robust accuracy against eps,
+one line per run) and one summary table (clean accuracy, the worst-case robust accuracy at each radius,
+alignment, training minutes, the guards' verdict). A worst case is per image over every attack pagrob ran at
+that radius (`results.json`'s `worst_case`), so no number shown is one attack's optimistic view. The per-attack
+numbers, the guards' rows, AutoAttack's breakdowns, the alignment scores and the provenance of the numbers
+follow in collapsible sections. The HTML embeds the pictures as base64, so it opens offline as one file.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from pagrob.runs import load_run, read_results  # noqa: E402
+from pagrob.diffusion.pictures import sbg_figures
+from pagrob.outcomes import worst_by_radius as worst
+from pagrob.runs import read_results
+from pagrob.visualize import HEADLINE, make_figures
 
 Table = tuple[list[str], list[list[str]]]  # header, rows of cells
 GUARDS = (("in_ball", "in ball"), ("eps_sweep", "ε-sweep"), ("blackbox", "black-box"), ("loss_rise", "loss rises"))
 SUSPECT = "⚠"
+
+
+@dataclass
+class Section:
+    """One table of the report with its notes; `folded` ones open on a click (HTML and GitHub Markdown)."""
+
+    heading: str
+    table: Table
+    notes: list[str]
+    folded: bool = False
 
 
 def _eps_label(norm: str, eps: float) -> str:
@@ -31,12 +42,14 @@ def _eps_label(norm: str, eps: float) -> str:
 
 
 def _attack_label(entry: dict) -> str:
+    if entry["attack"] == "pgd" and "steps" in entry:
+        return f"pgd [{entry['steps']}×{entry.get('restarts', 1)}, {'+'.join(entry.get('losses', ['ce']))}]"
     version = entry.get("version", "standard")
     return entry["attack"] + ("" if version == "standard" else f" [{version}]")
 
 
 def _column(entry: dict) -> tuple:
-    return entry["attack"], entry.get("version", "standard"), entry["norm"], float(entry["eps"])
+    return _attack_label(entry), entry["norm"], float(entry["eps"])
 
 
 def _by_dataset(run_dirs: list[Path]) -> dict[str, list[dict]]:
@@ -48,17 +61,55 @@ def _by_dataset(run_dirs: list[Path]) -> dict[str, list[dict]]:
     return by_dataset
 
 
+def _failed_runs(rows: list[dict]) -> list[str]:
+    return [r["name"] for r in rows if any(e.get("verdict") == "suspect" for e in r.get("robust_accuracy", []))]
+
+
+def _warning(rows: list[dict]) -> str:
+    """The caption's guard warning: only when a guard failed, naming the runs."""
+    failed = _failed_runs(rows)
+    if not failed:
+        return "Every gradient-masking guard passed."
+    return (f"{SUSPECT}: a gradient-masking guard failed for {', '.join(failed)} (see the guards section); those "
+            "numbers may be too high.")
+
+
+def summary_table(rows: list[dict]) -> tuple[Table, str]:
+    """Per run: clean, worst-case robust accuracy at each radius, alignment, training minutes, verdict."""
+    radii = sorted({k for r in rows for k in worst(r)})
+    sizes = sorted({w["n_examples"] for r in rows for w in worst(r).values()})
+    head = ["run", "method", "clean"] + [_eps_label(*k) for k in radii] + ["alignment", "train min", "verdict"]
+    body = []
+    for r in rows:
+        found = worst(r)
+        cells = [r.get("name", ""), r["method"], f"{100 * r['clean_accuracy']:.1f}"]
+        for k in radii:
+            w = found.get(k)
+            cells.append("–" if w is None else
+                         f"{100 * w['accuracy']:.1f}" + (f" {SUSPECT}" if w.get("verdict") == "suspect" else ""))
+        al = r.get("alignment", {})
+        cells.append(f"{al['cosine']:.3f} ({al['source']})" if al else "–")
+        cells.append(f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–")
+        cells.append("suspect" if r["name"] in _failed_runs([r]) else "ok")
+        body.append(cells)
+    note = (f"Accuracies in %: clean on all {rows[0]['n_test']} test points; robust on the first "
+            f"{', '.join(map(str, sizes))}, each the worst case over every attack run at that radius (an image counts "
+            "only if it was classified correctly and no attack fooled it; the attacks are listed under \"Each attack "
+            f"on its own\"). {_warning(rows)} Alignment: mean cosine between the model's grad log p(t|x) and the named "
+            "target source, all classes, held-out points.")
+    return (head, body), note
+
+
 def accuracy_table(rows: list[dict]) -> tuple[Table, str]:
-    """Clean and robust accuracy (%) per run and (attack, norm, eps) of one dataset, and the footnote."""
+    """Each attack's own robust accuracy (%) per run and (attack, norm, eps): upper bounds above the worst case."""
     entries = [e for r in rows for e in r.get("robust_accuracy", [])]
-    columns = sorted({_column(e) for e in entries}, key=lambda c: (c[2], c[0] != "autoattack", c[0], c[1], c[3]))
+    columns = sorted({_column(e) for e in entries}, key=lambda c: (c[1], not c[0].startswith("autoattack"), c))
     sizes = {c: {e["n_examples"] for e in entries if _column(e) == c} for c in columns}
     varied = len({n for v in sizes.values() for n in v}) > 1
     head = ["run", "method", "clean"]
     for c in columns:
-        label = f"{c[0]}{'' if c[1] == 'standard' else f' [{c[1]}]'} {_eps_label(c[2], c[3])}"
-        head.append(label + (f" (n={'/'.join(map(str, sorted(sizes[c])))})" if varied else ""))
-    head.append("alignment")
+        head.append(f"{c[0]} {_eps_label(c[1], c[2])}" + (f" (n={'/'.join(map(str, sorted(sizes[c])))})"
+                                                          if varied else ""))
     body = []
     for r in rows:
         found = {_column(e): e for e in r.get("robust_accuracy", [])}
@@ -67,13 +118,10 @@ def accuracy_table(rows: list[dict]) -> tuple[Table, str]:
             e = found.get(c)
             cells.append("–" if e is None else
                          f"{100 * e['accuracy']:.1f}" + (f" {SUSPECT}" if e.get("verdict") == "suspect" else ""))
-        al = r.get("alignment", {})
-        cells.append(f"{al['cosine']:.3f} ({al['source']})" if al else "–")
         body.append(cells)
-    n_attack = sorted({e["n_examples"] for e in entries})
-    note = (f"Accuracies in %, robust ones on the first {', '.join(map(str, n_attack))} test points; clean on all "
-            f"{rows[0]['n_test']}. {SUSPECT}: a gradient-masking guard failed (see the guards table). Alignment: mean "
-            "cosine between the model's grad log p(t|x) and the named target source, all classes, held-out points.")
+    note = ("Each attack alone, in %: every one is an upper bound on the true robust accuracy, and the summary's worst "
+            "case is at most the lowest of them. pgd [steps×restarts, losses]: pagrob's evaluation PGD; autoattack: "
+            f"APGD-CE, APGD-T, FAB-T, Square (torchattacks), standard version unless marked. {_warning(rows)}")
     return (head, body), note
 
 
@@ -133,109 +181,138 @@ def _cell_class(cell: str) -> str:
     return "bad" if cell in ("✗", "suspect") or cell.endswith(SUSPECT) else ("good" if cell in ("✓", "ok") else "")
 
 
+def provenance_lines(rows: list[dict]) -> list[str]:
+    """How the numbers were made, printed once: each distinct code/library/device combination, then each distinct
+    attack setting with the runs that used it."""
+    seen: dict[str, list[str]] = {}
+    settings: dict[str, list[str]] = {}
+    for r in rows:
+        for e in r.get("robust_accuracy", []):
+            p = e.get("provenance")
+            if not p:
+                continue
+            env = (f"pagrob {p['pagrob']}" + (f" (commit {p['git_commit']})" if p.get("git_commit") else "")
+                   + f", torch {p['torch']}, torchattacks {p['torchattacks']}, device {p['device']}")
+            seen.setdefault(env, [])
+            if r["name"] not in seen[env]:
+                seen[env].append(r["name"])
+            text = ", ".join(f"{k}={v}" for k, v in p["settings"].items() if k not in ("eps",))
+            settings.setdefault(text, [])
+            if r["name"] not in settings[text]:
+                settings[text].append(r["name"])
+    many = len(seen) > 1
+    lines = [env + (f": {', '.join(names)}" if many else "") for env, names in seen.items()]
+    return lines + [f"settings {text} (at every reported ε)" for text in settings]
+
+
 def results_table(run_dirs: list[Path]) -> str:
-    """One Markdown table per dataset: clean accuracy, robust accuracy per (attack, norm, eps), alignment."""
+    """One Markdown summary table per dataset: clean, worst-case robust accuracy per radius, alignment, verdict."""
     parts = []
     for dataset, rows in _by_dataset(run_dirs).items():
-        table, note = accuracy_table(rows)
+        table, note = summary_table(rows)
         parts.append("\n".join([f"### {dataset}", "", markdown_table(table), "", note, ""]))
     return "\n".join(parts)
 
 
-def _sections(run_dirs: list[Path]) -> list[tuple[str, Table, list[str]]]:
-    """(heading, table, notes) for every table of the report, dataset by dataset."""
-    sections = []
-    for dataset, rows in _by_dataset(run_dirs).items():
-        table, note = accuracy_table(rows)
-        sections.append((f"{dataset}: clean and robust accuracy", table, [note]))
-        guarded, reasons = guards_table(rows)
-        if guarded[1]:
-            sections.append((f"{dataset}: gradient-masking guards", guarded,
-                             ["in ball: every adversarial example inside its ε-ball and the valid range; ε-sweep: "
-                              "accuracy falls to ~0 as ε grows to cover the input range; black-box: Square fools "
-                              "no clearly more images than the white-box attacks; loss rises: gradient ascent beats "
-                              "random noise."] + reasons))
-        broken = breakdown_table(rows)
-        if broken[1]:
-            sections.append((f"{dataset}: AutoAttack, images fooled by each component", broken,
-                             ["Each component runs on the images that all before it left correctly classified."]))
-        aligned = alignment_table(rows)
-        if len(aligned[0]) > 2:
-            sections.append((f"{dataset}: alignment scores", aligned,
-                             ["Mean cosine between grad log p(t|x) and each target source, all classes t, "
-                              "held-out images (1 = the model's gradients point where the source says)."]))
+def _sections(rows: list[dict], dataset: str) -> list[Section]:
+    """Every table of one dataset: the summary first, the details folded."""
+    table, note = summary_table(rows)
+    sections = [Section(f"{dataset}: clean and worst-case robust accuracy", table, [note])]
+    table, note = accuracy_table(rows)
+    sections.append(Section(f"{dataset}: each attack on its own", table, [note], folded=True))
+    guarded, reasons = guards_table(rows)
+    if guarded[1]:
+        failed = _failed_runs(rows)
+        verdict = f"failed for {', '.join(failed)}" if failed else "all passed"
+        sections.append(Section(f"{dataset}: gradient-masking guards ({verdict})", guarded,
+                                ["in ball: every adversarial example inside its ε-ball and the valid range; ε-sweep: "
+                                 "accuracy falls to ~0 as ε grows to cover the input range; black-box: Square fools "
+                                 "no clearly more images than the white-box attacks; loss rises: gradient ascent beats "
+                                 "random noise."] + reasons, folded=True))
+    broken = breakdown_table(rows)
+    if broken[1]:
+        sections.append(Section(f"{dataset}: AutoAttack, images fooled by each component", broken,
+                                ["Each component runs on the images that all before it left correctly classified."],
+                                folded=True))
+    aligned = alignment_table(rows)
+    if len(aligned[0]) > 2:
+        sections.append(Section(f"{dataset}: alignment scores", aligned,
+                                ["Mean cosine between grad log p(t|x) and each target source, all classes t, "
+                                 "held-out images (1 = the model's gradients point where the source says)."],
+                                folded=True))
     return sections
 
 
-def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -> Path:
-    """Decision regions of toy2d runs side by side, with the test points and an eps=15 disc for scale."""
-    runs = [load_run(d) for d in run_dirs]
-    data = runs[0].dataset()
-    x, y = data.x_test.numpy(), data.y_test.numpy()
-    grid = torch.linspace(-extent, extent, 300)
-    gx, gy = torch.meshgrid(grid, 2 * grid, indexing="xy")
-    points = torch.stack([gx.flatten(), gy.flatten()], 1)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 4.5), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        with torch.no_grad():
-            p1 = torch.softmax(run.model(points), 1)[:, 1].view(gx.shape).numpy()
-        ax.contourf(gx.numpy(), gy.numpy(), p1, levels=20, cmap="coolwarm", alpha=0.6, vmin=0, vmax=1)
-        ax.contour(gx.numpy(), gy.numpy(), p1, levels=[0.5], colors="k", linewidths=1.5)
-        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=4, edgecolors="none")
-        ax.add_patch(plt.Circle((-50, -100), 15, fill=False, ls="--", color="k"))
-        r = run.results
-        at15 = sorted((e["attack"] != "autoattack", e["attack"], e["accuracy"]) for e in r.get("robust_accuracy", [])
-                      if e["norm"] == "l2" and e["eps"] == 15)
-        extra = f", L2 {at15[0][1]} ε=15: {100 * at15[0][2]:.0f}%" if at15 else ""
-        ax.set_title(f"{run.config.name} ({run.config.method}){extra}", fontsize=9)
-        ax.set_xlabel("x1")
-        ax.set_ylabel("x2")
-        ax.set_aspect("equal")
-    fig.suptitle("toy2d decision regions (black: boundary; dashed circle: L2 ball of radius 15)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob report", notes: str = "") -> Path:
-    """report.md and report.html in out_dir, with the tables and every picture that applies; returns report.md."""
-    from pagrob.diffusion.pictures import sbg_figures
-    from pagrob.visualize import make_figures
-
+    """report.md and report.html in out_dir: per dataset the headline figure and summary first, details folded,
+    then the pictures and how the numbers were made; returns report.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dirs = [Path(d) for d in run_dirs]
-    sections = _sections(run_dirs)
-    figures = make_figures([d for d in run_dirs if read_results(d)], out_dir)
-    figures += sbg_figures([d for d in run_dirs if read_results(d)], out_dir)
-    md = [f"# {title}", "", notes, ""]
-    for heading, table, lines in sections:
-        md += [f"## {heading}", "", markdown_table(table), ""] + [f"- {line}" if i else line
-                                                                  for i, line in enumerate(lines)] + [""]
-    for caption, path in figures:
-        md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
-    write_html(out_dir / "report.html", title, notes, sections, figures)
+    run_dirs = [Path(d) for d in run_dirs if read_results(Path(d))]
+    figures = make_figures(run_dirs, out_dir) + sbg_figures(run_dirs, out_dir)
+    headline = {c.split(":")[0]: (c, p) for c, p in figures if HEADLINE in c}
+    others = [(c, p) for c, p in figures if HEADLINE not in c]
+    by_dataset = _by_dataset(run_dirs)
+    blocks: list[tuple[str, object]] = []  # ("section", Section) | ("figure", (caption, path)) | ("list", ...)
+    for dataset, rows in by_dataset.items():
+        if dataset in headline:
+            blocks.append(("figure", headline[dataset]))
+        blocks += [("section", s) for s in _sections(rows, dataset)]
+    blocks += [("figure", f) for f in others]
+    provenance = provenance_lines([r for rows in by_dataset.values() for r in rows])
+    if provenance:
+        blocks.append(("list", ("How these numbers were made", provenance)))
+    (out_dir / "report.md").write_text(_markdown(title, notes, blocks))
+    write_html(out_dir / "report.html", title, notes, blocks)
     return out_dir / "report.md"
 
 
-def write_html(path: Path, title: str, notes: str, sections: list[tuple[str, Table, list[str]]],
-               figures: list[tuple[str, Path]]) -> Path:
-    """One self-contained HTML file: tables, notes, and the pictures inlined as base64 PNG."""
+def _markdown(title: str, notes: str, blocks: list[tuple[str, object]]) -> str:
+    md = [f"# {title}", "", notes, ""]
+    for kind, item in blocks:
+        if kind == "figure":
+            caption, path = item
+            md += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+        elif kind == "list":
+            heading, lines = item
+            md += [f"## {heading}", ""] + [f"- {line}" for line in lines] + [""]
+        else:
+            body = [markdown_table(item.table), ""] + [f"- {line}" if i else line
+                                                       for i, line in enumerate(item.notes)] + [""]
+            if item.folded:  # GitHub renders Markdown inside <details> when blank lines surround it
+                md += [f"<details><summary>{html.escape(item.heading)}</summary>", ""] + body + ["</details>", ""]
+            else:
+                md += [f"## {item.heading}", ""] + body
+    return "\n".join(md)
+
+
+def write_html(path: Path, title: str, notes: str, blocks: list[tuple[str, object]]) -> Path:
+    """One self-contained HTML file: figures, tables (details folded), notes, pictures inlined as base64 PNG."""
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0 1em;font-size:14px}"
              "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
              "td.bad{background:#fde2e2;color:#900}td.good{color:#070}img{max-width:100%;border:1px solid #eee}"
-             "p.note,li{font-size:13px;color:#444}")
+             "p.note,li{font-size:13px;color:#444}details{margin:.4em 0}summary{cursor:pointer;font-weight:600}")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(notes)}</p>"]
-    for heading, table, lines in sections:
-        body += [f"<h2>{html.escape(heading)}</h2>", html_table(table)]
-        if lines:
-            body.append(f'<p class="note">{html.escape(lines[0])}</p>')
-            body += [f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in lines[1:])}</ul>"] if lines[1:] else []
-    for caption, png in figures:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        body += [f"<h2>{html.escape(caption)}</h2>", f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">']
+    for kind, item in blocks:
+        if kind == "figure":
+            caption, png = item
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            body += [f"<h2>{html.escape(caption)}</h2>",
+                     f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">']
+        elif kind == "list":
+            heading, lines = item
+            body += [f"<h2>{html.escape(heading)}</h2>",
+                     f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in lines)}</ul>"]
+        else:
+            inner = [html_table(item.table)]
+            if item.notes:
+                inner.append(f'<p class="note">{html.escape(item.notes[0])}</p>')
+                if item.notes[1:]:
+                    inner.append(f"<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in item.notes[1:])}</ul>")
+            if item.folded:
+                body.append(f"<details><summary>{html.escape(item.heading)}</summary>{''.join(inner)}</details>")
+            else:
+                body += [f"<h2>{html.escape(item.heading)}</h2>"] + inner
     path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     return path

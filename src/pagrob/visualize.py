@@ -1,5 +1,6 @@
 """The pictures that show PAG: large-eps targeted attacks (the paper's Figure 1), input-gradient maps,
-toy2d decision regions, and accuracy-versus-eps curves. PNG files, one per picture and dataset.
+toy2d decision regions, and the headline: worst-case robust accuracy against eps, one line per run. PNG files,
+one per picture and dataset.
 
 A model with perceptually aligned gradients turns an image into something that looks like the target
 class when pushed far toward it; a vanilla model adds noise. Its input-gradients look like edits to
@@ -22,11 +23,13 @@ from torch import Tensor  # noqa: E402
 from pagrob.attacks import PGD  # noqa: E402
 from pagrob.data import Dataset  # noqa: E402
 from pagrob.losses import class_input_gradients  # noqa: E402
+from pagrob.outcomes import worst_by_radius  # noqa: E402
 from pagrob.runs import Run, load_run, read_results  # noqa: E402
 
 LARGE_EPS_FRACTION = 0.3  # default targeted radius: this fraction of the image range's L2 diameter
 TARGETED_STEPS = 60
 MAX_TARGET_COLUMNS = 10  # datasets with more classes show the first ten
+HEADLINE = "worst-case robust accuracy versus ε"  # the caption the report leads with
 
 
 def pick_images(y: Tensor, k: int) -> Tensor:
@@ -151,50 +154,70 @@ def plot_gradients(runs: list[Run], data: Dataset, out: Path, n_images: int = 6)
     return out
 
 
-def _curve_label(entry: dict) -> str:
-    version = entry.get("version", "standard")
-    return entry["attack"] + ("" if version == "standard" else f" [{version}]")
-
-
 def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
-    """Robust accuracy against eps from results.json: one panel per norm, one colour per run, one line style per
-    attack; eps 0 is the clean accuracy on the attacked images. Hollow markers: a guard marked the point suspect."""
+    """The headline: worst-case robust accuracy (over every attack run, per image) against eps from results.json,
+    one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers: a
+    guard failed there."""
     from matplotlib.lines import Line2D
 
     results = [r for r in (read_results(d) for d in run_dirs) if r]
-    norms = sorted({e["norm"] for r in results for e in r.get("robust_accuracy", [])})
+    worst = [worst_by_radius(r) for r in results]
+    norms = sorted({norm for w in worst for norm, _ in w})
     fig, axes = plt.subplots(1, max(len(norms), 1), figsize=(5.2 * max(len(norms), 1) + 2.4, 4.2), squeeze=False)
     colours = plt.get_cmap("tab10")
-    styles = {"autoattack": "-", "pgd": "--"}
-    labels: set[str] = set()
     for ax, norm in zip(axes[0], norms):
-        for k, r in enumerate(results):
-            entries = [e for e in r.get("robust_accuracy", []) if e["norm"] == norm]
-            for label in sorted({_curve_label(e) for e in entries}):
-                labels.add(label)
-                points = sorted((e for e in entries if _curve_label(e) == label), key=lambda e: e["eps"])
-                clean = points[0].get("clean_accuracy", r["clean_accuracy"])
-                eps = [0.0] + [e["eps"] for e in points]
-                acc = [100 * clean] + [100 * e["accuracy"] for e in points]
-                colour = colours(k % 10)
-                ax.plot(eps, acc, styles.get(label.split()[0], ":"), color=colour)
-                suspect = [e.get("verdict") == "suspect" for e in points]
-                ax.scatter(eps[1:], acc[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
-                           edgecolors=[colour] * len(points))
+        for k, (r, w) in enumerate(zip(results, worst)):
+            points = sorted((p for (n, _), p in w.items() if n == norm), key=lambda p: p["eps"])
+            if not points:
+                continue
+            eps = [0.0] + [p["eps"] for p in points]
+            acc = [100 * points[0].get("clean_accuracy", r["clean_accuracy"])] + [100 * p["accuracy"] for p in points]
+            colour = colours(k % 10)
+            ax.plot(eps, acc, "-", color=colour)
+            suspect = [p.get("verdict") == "suspect" for p in points]
+            ax.scatter(eps[1:], acc[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
+                       edgecolors=[colour] * len(points))
         ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'})")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'} robust accuracy", fontsize=10)
-    # One legend for all panels: colours name the runs, line styles the attacks.
+        ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'}: worst case over every attack", fontsize=10)
     handles = [Line2D([], [], color=colours(k % 10), label=r["name"]) for k, r in enumerate(results)]
-    handles += [Line2D([], [], color="k", linestyle=styles.get(label.split()[0], ":"), label=label)
-                for label in sorted(labels)]
-    handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="suspect"))
+    handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     datasets = ", ".join(sorted({r["dataset"] for r in results}))
-    fig.suptitle(f"{datasets}: accuracy versus ε (ε = 0: clean accuracy)", fontsize=11)
+    fig.suptitle(f"{datasets}: {HEADLINE} (ε = 0: clean accuracy on the attacked images)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -> Path:
+    """Decision regions of toy2d runs side by side, with the test points and an eps=15 disc for scale; each title
+    gives the run's worst-case L2 robust accuracy at eps=15 when it was measured."""
+    runs = [load_run(d) for d in run_dirs]
+    data = runs[0].dataset()
+    x, y = data.x_test.numpy(), data.y_test.numpy()
+    grid = torch.linspace(-extent, extent, 300)
+    gx, gy = torch.meshgrid(grid, 2 * grid, indexing="xy")
+    points = torch.stack([gx.flatten(), gy.flatten()], 1)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 4.5), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        with torch.no_grad():
+            p1 = torch.softmax(run.model(points), 1)[:, 1].view(gx.shape).numpy()
+        ax.contourf(gx.numpy(), gy.numpy(), p1, levels=20, cmap="coolwarm", alpha=0.6, vmin=0, vmax=1)
+        ax.contour(gx.numpy(), gy.numpy(), p1, levels=[0.5], colors="k", linewidths=1.5)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=4, edgecolors="none")
+        ax.add_patch(plt.Circle((-50, -100), 15, fill=False, ls="--", color="k"))
+        at15 = worst_by_radius(run.results).get(("l2", 15.0))
+        extra = f", worst-case L2 ε=15: {100 * at15['accuracy']:.0f}%" if at15 else ""
+        ax.set_title(f"{run.config.name} ({run.config.method}){extra}", fontsize=9)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+        ax.set_aspect("equal")
+    fig.suptitle("toy2d decision regions (black: boundary; dashed circle: L2 ball of radius 15)")
+    fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -203,8 +226,6 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
 def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps: float | None = None
                  ) -> list[tuple[str, Path]]:
     """Every picture that applies to the runs, grouped by dataset: [(caption, path)]."""
-    from pagrob.report import plot_toy_boundaries
-
     out_dir.mkdir(parents=True, exist_ok=True)
     by_dataset: dict[str, list[Path]] = {}
     for d in map(Path, run_dirs):
@@ -222,6 +243,6 @@ def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps
         elif dataset == "toy2d":
             figures.append(("toy2d: decision regions", plot_toy_boundaries(dirs, out_dir / "toy2d_boundaries.png")))
         if any(read_results(d).get("robust_accuracy") for d in dirs):
-            figures.append((f"{dataset}: accuracy versus ε",
+            figures.append((f"{dataset}: {HEADLINE}",
                             plot_accuracy_vs_eps(dirs, out_dir / f"{name}_accuracy_vs_eps.png")))
     return figures
