@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "toy2d"  # toy2d | digits | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH
-    data_dir: str = "data"
+    data_dir: str = "data"  # torchvision's folder; for cifar10 also an .npz file of CIFAR-10 (see README)
+    holdout: int = 0  # > 0: train on the rest, evaluate on this many held-out training images ("validation")
     download: bool = False  # let torchvision download CIFAR/STL (needs internet)
     augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
 
@@ -36,10 +37,10 @@ class ModelConfig:
 
 @dataclass
 class PagConfig:
-    source: str = "none"  # none | oi | cm | nn | exact | sbg | store:PATH
+    source: str = "none"  # none | oi | cm | nn | exact | sbg | smooth | store:PATH
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
-    sigma: float = 5.0  # noise level of the `exact` toy2d source
+    sigma: float = 5.0  # noise level of the `exact` toy2d source and of the `smooth` (smoothed training set) source
     # std of Gaussian noise added to the images where the PAG term is taken (the model's gradient and the target
     # at the same noisy point, so the gradient field is shaped around the data, not only on it); 0: at the images
     noise: float = 0.0
@@ -226,8 +227,8 @@ def validate(cfg: Config) -> None:
            "training image (use the source the store was built from, or pag.noise=0)")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
-    _check(src in ("none", "oi", "cm", "nn", "exact", "sbg") or src.startswith("store:"),
-           f"pag.source must be none, oi, cm, nn, exact, sbg or store:PATH, got '{src}'")
+    _check(src in ("none", "oi", "cm", "nn", "exact", "sbg", "smooth") or src.startswith("store:"),
+           f"pag.source must be none, oi, cm, nn, exact, sbg, smooth or store:PATH, got '{src}'")
     _check(src != "sbg" or bool(cfg.pag.score_model),
            "pag.source=sbg needs pag.score_model=DIR (train one with: pagrob targets train-score-model)")
     _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0, "pag.sbg_t and pag.sbg_draws must be >= 0")
@@ -252,6 +253,7 @@ def validate(cfg: Config) -> None:
     _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
     _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")
     _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")
+    _check(cfg.data.holdout >= 0, f"data.holdout must be >= 0 (0 = evaluate on the test split), got {cfg.data.holdout}")
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")

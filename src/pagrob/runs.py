@@ -86,7 +86,8 @@ class Run:
     def dataset(self):
         from pagrob.data import load_dataset
 
-        return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download)
+        return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download,
+                            self.config.data.holdout)
 
     def test_set(self) -> tuple[Tensor, Tensor]:
         """The (x, y) test tensors this run is evaluated on, in order: the first eval.n (all when 0)."""

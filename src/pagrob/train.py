@@ -404,7 +404,7 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     if not resume and checkpoint.records(out / CHECKPOINTS):
         raise RunError(f"{out} holds an unfinished run (checkpoints in {out / CHECKPOINTS}); continue it with "
                        "--resume, or train into another --out")
-    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download, cfg.data.holdout)
     check_against_data(cfg, data)
     ctx = distributed.start(device)
     try:
@@ -432,6 +432,7 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
     x, y = data.x_test[:n], data.y_test[:n]
     results = {
         "dataset": data.name,
+        "test_split": data.test_split,
         "method": cfg.method,
         "name": cfg.name,
         "clean_accuracy": clean_accuracy(model, data.x_test, data.y_test),

@@ -1,0 +1,23 @@
+"""The validation split: training images held out to choose settings on, so that x_test is never used to tune."""
+
+from __future__ import annotations
+
+import torch
+
+from pagrob.data.base import Dataset, DatasetError
+
+HOLDOUT_SEED = 0  # fixed, so every run of a study holds out the same images
+
+
+def hold_out(data: Dataset, n: int, seed: int = HOLDOUT_SEED) -> Dataset:
+    """`data` with n training images (a seeded random choice) moved into the test split, labelled "validation".
+
+    The real test images are dropped from the returned value, so nothing downstream can look at them.
+    """
+    if not 0 < n < len(data.x_train):
+        raise DatasetError(f"data.holdout = {n} must be between 1 and the {len(data.x_train) - 1} training images "
+                           f"of {data.name} less one (0 turns the validation split off)")
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+    val, keep = order[:n].sort().values, order[n:].sort().values
+    return Dataset(data.name, data.x_train[keep], data.y_train[keep], data.x_train[val], data.y_train[val],
+                   data.num_classes, data.bounds, data.classes, "validation")
