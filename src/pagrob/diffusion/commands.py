@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pagrob.config import PagConfig, load_config
 
-SOURCES = ("oi", "cm", "nn", "exact", "sbg")
+SOURCES = ("oi", "cm", "nn", "exact", "sbg", "smooth")
 
 
 def _weights_sha256(folder: Path) -> str:
@@ -22,7 +22,7 @@ def _weights_sha256(folder: Path) -> str:
 def source_spec(name: str, pag: PagConfig) -> dict:
     """What a store records about its source: the name and every setting that changes its targets."""
     params: dict = {"oi": {"seed": pag.seed}, "cm": {}, "nn": {"nn_sample": pag.nn_sample, "seed": pag.seed},
-                    "exact": {"sigma": pag.sigma}}.get(name, {})
+                    "exact": {"sigma": pag.sigma}, "smooth": {"sigma": pag.sigma}}.get(name, {})
     if name == "sbg":
         folder = Path(pag.score_model).resolve()
         params = {"score_model": str(folder), "score_model_sha256": _weights_sha256(folder), "sbg_t": pag.sbg_t,

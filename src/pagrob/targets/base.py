@@ -35,7 +35,7 @@ def reference_source_name(dataset_name: str) -> str:
 
 
 def build_source(source: str, cfg: "PagConfig", dataset: "Dataset") -> TargetSource:
-    """Make the named source (`oi`, `cm`, `nn`, `exact`, `sbg`) from the dataset's training split."""
+    """Make the named source (`oi`, `cm`, `nn`, `exact`, `sbg`, `smooth`) from the dataset's training split."""
     from pagrob.targets.exact import ExactToy
     from pagrob.targets.heuristic import ClassMean, NearestNeighbor, OneImage
 
@@ -53,4 +53,8 @@ def build_source(source: str, cfg: "PagConfig", dataset: "Dataset") -> TargetSou
         from pagrob.targets.score_based import open_score_source
 
         return open_score_source(cfg, dataset)
-    raise ValueError(f"unknown target source '{source}': use oi, cm, nn, exact or sbg")
+    if source == "smooth":
+        from pagrob.targets.smoothed import SmoothedTrainingSet
+
+        return SmoothedTrainingSet(dataset.x_train, dataset.y_train, dataset.num_classes, cfg.sigma)
+    raise ValueError(f"unknown target source '{source}': use oi, cm, nn, exact, sbg or smooth")
