@@ -4,6 +4,7 @@ The synthetic tests build small files in CIFAR-10's layouts; the last test reads
 there (../shared/data/cifar10.npz beside the checkout) and is skipped, saying why, when it is not.
 """
 
+import json
 import pickle
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from pagrob.config import load_config
 from pagrob.data import DatasetError, load_dataset
 from pagrob.data.augment import resolve_mode
 from pagrob.data.images import CIFAR10_CLASSES
+from pagrob.data.split import first_training_images
 from pagrob.evaluate import ROBUSTBENCH_EPS
 from pagrob.targets import reference_source_name
+from pagrob.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
 
@@ -111,3 +114,50 @@ def test_holdout_carves_validation_from_training_images_only(tmp_path):
     assert torch.equal(load_dataset("cifar10", tmp_path / "c.npz", holdout=8).x_test, val.x_test)  # fixed choice
     with pytest.raises(DatasetError, match="data.holdout = 40"):
         load_dataset("cifar10", tmp_path / "c.npz", holdout=40)
+
+
+@pytest.fixture(scope="module")
+def shared_cifar10():
+    if not SHARED.is_file():
+        pytest.skip(f"the real CIFAR-10 file is not here ({SHARED} does not exist; on a machine without it the "
+                    "synthetic tests above cover the loader)")
+    return load_dataset("cifar10", SHARED)
+
+
+def test_shared_file_is_cifar10_with_the_standard_statistics(shared_cifar10):
+    d = shared_cifar10
+    assert d.name == "cifar10" and d.x_train.shape == (50_000, 3, 32, 32) and d.classes == CIFAR10_CLASSES
+    assert torch.bincount(d.y_train).tolist() == [5000] * 10
+    means, stds = d.x_train.mean((0, 2, 3)), d.x_train.std((0, 2, 3))
+    assert torch.allclose(means, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-4), means
+    assert torch.allclose(stds, torch.tensor([0.2470, 0.2435, 0.2616]), atol=1e-4), stds
+    assert d.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+
+
+METHODS = {
+    "vanilla": [],
+    "pag-oi": ["pag.source=oi"],
+    "pag-cm": ["pag.source=cm"],
+    "pag-nn": ["pag.source=nn", "pag.nn_sample=3"],
+    "pag-smooth": ["pag.source=smooth"],
+    "at-l2": ["adv.method=pgd", "adv.steps=2"],
+    "trades-l2": ["adv.method=trades", "adv.steps=2"],
+    "at-l2+pag-smooth": ["adv.method=pgd", "adv.steps=2", "pag.source=smooth"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_one_training_step_of_every_method_on_real_images(shared_cifar10, tmp_path, method):
+    """One optimizer step (the first 30 images, the fewest that hold all ten classes) of each objective through
+    `train`, on real photographs."""
+    cfg = load_config(None, ["data.name=cifar10", f"data.data_dir={SHARED}", "data.train_n=30", "model.arch=resnet18",
+                             "model.width=4", "optim.epochs=1", "optim.batch_size=30", "pag.k=2", "pag.sigma=2.0",
+                             "eval.n=4", "eval.pgd_steps=2", "device=cpu", f"name={method}"] + METHODS[method])
+    data = first_training_images(shared_cifar10, 30)
+    out = train(cfg, tmp_path / method, progress=False, data=data)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "cifar10" and results["method"] == method and results["test_split"] == "test"
+    if "pag" in method:
+        assert np.isfinite(metrics[0]["train_pag"]) and metrics[0]["train_pag"] > 0

@@ -24,6 +24,7 @@ class DataConfig:
     name: str = "toy2d"  # toy2d | digits | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH
     data_dir: str = "data"  # torchvision's folder; for cifar10 also an .npz file of CIFAR-10 (see README)
     holdout: int = 0  # > 0: train on the rest, evaluate on this many held-out training images ("validation")
+    train_n: int = 0  # > 0: train on the first train_n training images (after the holdout) only; 0: all
     download: bool = False  # let torchvision download CIFAR/STL (needs internet)
     augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
 
@@ -253,6 +254,7 @@ def validate(cfg: Config) -> None:
     _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
     _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")
     _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")
+    _check(cfg.data.train_n >= 0, f"data.train_n must be >= 0 (0 = all training images), got {cfg.data.train_n}")
     _check(cfg.data.holdout >= 0, f"data.holdout must be >= 0 (0 = evaluate on the test split), got {cfg.data.holdout}")
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),

@@ -87,7 +87,7 @@ class Run:
         from pagrob.data import load_dataset
 
         return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download,
-                            self.config.data.holdout)
+                            self.config.data.holdout, self.config.data.train_n)
 
     def test_set(self) -> tuple[Tensor, Tensor]:
         """The (x, y) test tensors this run is evaluated on, in order: the first eval.n (all when 0)."""

@@ -42,16 +42,19 @@ class Dataset:
                        self.y_test.to(device), self.num_classes, self.bounds, self.classes, self.test_split)
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, holdout: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, holdout: int = 0,
+                 train_n: int = 0) -> Dataset:
     """Load a dataset by name: toy2d, digits, cifar10, cifar100, stl10, npz:PATH or folder:PATH.
 
     cifar10 with `data_dir` an .npz file reads CIFAR-10 from that file (checked to be CIFAR-10) instead of
-    torchvision's folder. `holdout` > 0 makes the test split a validation split carved from the training images.
+    torchvision's folder. `holdout` > 0 makes the test split a validation split carved from the training images;
+    `train_n` > 0 then keeps only the first train_n training images (a small budget's training set).
     """
     from pagrob.data import split
 
     data = _load(name, data_dir, download)
-    return split.hold_out(data, holdout) if holdout else data
+    data = split.hold_out(data, holdout) if holdout else data
+    return split.first_training_images(data, train_n) if train_n else data
 
 
 def _load(name: str, data_dir: str | Path, download: bool) -> Dataset:
