@@ -15,7 +15,7 @@ import torchvision.datasets.cifar as tv_cifar
 from torchvision.transforms.functional import to_tensor
 
 from pagrob.config import load_config
-from pagrob.data import DatasetError, load_dataset
+from pagrob.data import Dataset, DatasetError, load_dataset
 from pagrob.data.augment import resolve_mode
 from pagrob.data.images import CIFAR10_CLASSES
 from pagrob.data.split import first_training_images
@@ -153,7 +153,9 @@ def test_one_training_step_of_every_method_on_real_images(shared_cifar10, tmp_pa
     cfg = load_config(None, ["data.name=cifar10", f"data.data_dir={SHARED}", "data.train_n=30", "model.arch=resnet18",
                              "model.width=4", "optim.epochs=1", "optim.batch_size=30", "pag.k=2", "pag.sigma=2.0",
                              "eval.n=4", "eval.pgd_steps=2", "device=cpu", f"name={method}"] + METHODS[method])
-    data = first_training_images(shared_cifar10, 30)
+    head = first_training_images(shared_cifar10, 30)
+    data = Dataset(head.name, head.x_train, head.y_train, head.x_test[:10], head.y_test[:10], 10,
+                   classes=head.classes)  # ten test images: the per-epoch accuracy need not see 5,000
     out = train(cfg, tmp_path / method, progress=False, data=data)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"])

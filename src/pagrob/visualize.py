@@ -78,7 +78,6 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
     x, y = data.x_test[idx], data.y_test[idx]
     eps = eps or default_eps(x, data.bounds)
     classes = list(range(min(data.num_classes, MAX_TARGET_COLUMNS)))
-    label = (lambda c: data.classes[c]) if data.classes else str
     rows, cols = _grid_size(len(runs))
     cell = 0.75 if x.shape[-1] <= 16 else 1.0
     fig = plt.figure(figsize=(cols * cell * (len(classes) + 1) + 0.3, rows * cell * (len(x) + 0.9) + 0.6),
@@ -91,7 +90,7 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
         axes = panel.subplots(len(x), len(classes) + 1, squeeze=False)
         for i in range(len(x)):
             _show(axes[i, 0], x[i])
-            axes[i, 0].set_ylabel(label(int(y[i])), fontsize=8)
+            axes[i, 0].set_ylabel(data.classes[int(y[i])] if data.classes else f"class {int(y[i])}", fontsize=8)
             for j, c in enumerate(classes):
                 ax = axes[i, j + 1]
                 _show(ax, pushed[i, j])
@@ -100,7 +99,7 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
                         side.set(color="red", linewidth=1.5)
         axes[0, 0].set_title("input", fontsize=8)
         for j, c in enumerate(classes):
-            axes[0, j + 1].set_title(f"→ {label(c)}", fontsize=8)
+            axes[0, j + 1].set_title(f"→ {data.classes[c] if data.classes else c}", fontsize=8)
         panel.suptitle(f"{run.config.name} ({run.config.method})", fontsize=10)
     for panel in panels[len(runs):]:
         panel.set_visible(False)
