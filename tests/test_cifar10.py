@@ -148,12 +148,12 @@ METHODS = {
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_one_training_step_of_every_method_on_real_images(shared_cifar10, tmp_path, method):
-    """One optimizer step (the first 30 images, the fewest that hold all ten classes) of each objective through
-    `train`, on real photographs."""
-    cfg = load_config(None, ["data.name=cifar10", f"data.data_dir={SHARED}", "data.train_n=30", "model.arch=resnet18",
-                             "model.width=4", "optim.epochs=1", "optim.batch_size=30", "pag.k=2", "pag.sigma=2.0",
+    """One optimizer step (one batch: the first 64 images, every class at least twice as NN and smooth need) of each
+    objective through `train`, on real photographs."""
+    cfg = load_config(None, ["data.name=cifar10", f"data.data_dir={SHARED}", "data.train_n=64", "model.arch=resnet18",
+                             "model.width=4", "optim.epochs=1", "optim.batch_size=64", "pag.k=2", "pag.sigma=2.0",
                              "eval.n=4", "eval.pgd_steps=2", "device=cpu", f"name={method}"] + METHODS[method])
-    head = first_training_images(shared_cifar10, 30)
+    head = first_training_images(shared_cifar10, 64)
     data = Dataset(head.name, head.x_train, head.y_train, head.x_test[:10], head.y_test[:10], 10,
                    classes=head.classes)  # ten test images: the per-epoch accuracy need not see 5,000
     out = train(cfg, tmp_path / method, progress=False, data=data)

@@ -194,11 +194,12 @@ def _evaluate(study: Study, run_dir: Path, progress: bool) -> None:
 def _notes(study: Study, data: Dataset, seconds: float) -> str:
     cfg = study.runs[0].cfg
     split = "held-out validation images from x_train" if data.test_split == "validation" else "test images"
+    attack = study.attack if study.attack == "pgd" else f"{study.attack} ({study.version})"
     return (f"Study preset `{study.preset}`: {study.description}. Every run: {cfg.model.arch} width {cfg.model.width}, "
             f"{len(data.x_train)} training images, {cfg.optim.epochs} epochs of batch {cfg.optim.batch_size}, "
             f"{cfg.optim.name} lr {cfg.optim.lr}, augmentation {cfg.data.augment}; PAG runs lam {cfg.pag.lam}, "
             f"k {cfg.pag.k or data.num_classes}. Evaluated on the first {min(study.n, len(data.x_test))} {split}: "
-            f"{study.attack} ({study.version}) at L2 0.5 and L∞ 8/255, after our guarded PGD-{cfg.eval.pgd_steps}. "
+            f"{attack} at L2 0.5 and L∞ 8/255, after our guarded PGD-{cfg.eval.pgd_steps}. "
             f"Wall time of this invocation: {seconds / 60:.1f} min (a resumed study counts only its last part).")
 
 
