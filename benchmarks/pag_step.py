@@ -1,26 +1,30 @@
-"""Time and memory of one PAG training step, against the repeat-batch algorithm, vanilla and 10-step PGD-AT.
+"""Time and memory of one PAG training step against repeating the batch, and against vanilla and 7-step PGD-AT.
 
-    python benchmarks/pag_step.py [--width 16] [--batch 16] [--k 10] [--rounds 5] [--threads 1] [--profile]
-    python benchmarks/pag_step.py --device cuda --width 64 --batch 64 [--bf16] [--channels-last]
+    python benchmarks/pag_step.py                     # the whole table: B 16 128, k 1 2 10, threads 1 2
+    python benchmarks/pag_step.py --batch 16 --k 10 --threads 2 [--step serial|batched]
+    python benchmarks/pag_step.py --batch 16 --k 1 --threads 1 --profile
+    python benchmarks/pag_step.py --device cuda --width 64 --batch 64 128 --k 1 10 [--bf16] [--channels-last]
 
 Every method is one training step (forward, loss, backward, SGD step) of a ResNet-18 layout (CIFAR stem,
-`--width` channels in the first stage, 64 is the real one) on random 3x32x32 images, 10 classes:
-  pag      pagrob's step: `pag_objective` (one forward pass, one class's double-backward graph at a time)
+`--width` channels in the first stage, 64 is the real one) in training mode (batch norm on batch
+statistics) on random 3x32x32 images, 10 classes:
+  pag      pagrob's step: `pag_objective` (`--step`, default auto; the table says which step ran: serial,
+           batched, or `batched c`: c classes per backward pass)
            + cross-entropy on the same forward pass
   repeat   the obvious algorithm (the authors' code): each image repeated k times, one forward pass and a
            create_graph backward on B*k images, cross-entropy on the first copies
   vanilla  cross-entropy only
-  at10     10-step L2 PGD (eps 0.5, model in eval mode as in training), then cross-entropy at the adversary
-Times: all methods interleaved, one warm-up round, median of `--rounds`. On the CPU the ratios use the
-process's CPU time, which other programs on a shared machine disturb far less than wall time (with
-`--threads 1`; with more threads, and on GPUs, wall time). Both are printed.
-Memory: one step per method in a fresh process: the growth of the resident set over the step (VmHWM after
-it, the high-water mark having been reset through /proc/self/clear_refs, minus VmRSS before it; the
-~0.6 GB that every process holds for torch itself would otherwise hide the step); on a GPU, the growth of
-max_memory_allocated.
-Check: pag's loss equals repeat's to 1e-5 (relative) on the same inputs, with batch norm on its running
-statistics (in training mode both couple images through the batch statistics, differently; printed too).
-Last line: `pag/repeat time X, pag/repeat memory Y, pag/vanilla Z, pag/at10 W`.
+  at7      7-step L2 PGD (eps 0.5, model in eval mode), then cross-entropy at the adversary
+Each configuration (B, k, threads) runs in a fresh process with torch.set_num_threads(threads).
+Times: all methods interleaved, one warm-up round, median of `--rounds`. With one CPU thread the ratios use
+the process's CPU time, which other programs on a shared machine disturb far less than wall time; with more
+threads, and on GPUs, wall time. Memory: pag and repeat, one step each in a fresh process: the growth of the
+resident set over the step (VmHWM after it, the high-water mark having been reset through
+/proc/self/clear_refs, minus VmRSS before it; the ~0.6 GB that every process holds for torch itself would
+otherwise hide the step); on a GPU, the growth of max_memory_allocated.
+Check (first configuration, float32): pag's loss equals repeat's to 1e-5 (relative) with batch norm on running
+statistics. In training mode the two differ by design: pag's k gradients of an image see the statistics of the
+B images (one forward pass), repeat's see statistics over B*k rows; that difference is printed too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import itertools
 import json
 import statistics
 import subprocess
@@ -42,11 +47,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pagrob.attacks import PGD
-from pagrob.losses import pag_objective, sample_target_classes
+from pagrob.losses import STEPS, classes_per_pass, pag_objective, sample_target_classes
 from pagrob.models import build_model
 
 CLASSES, SHAPE, LAM, TOLERANCE = 10, (3, 32, 32), 1.0, 1e-5
-METHODS = ("pag", "repeat", "vanilla", "at10")
+METHODS = ("pag", "repeat", "vanilla", "at7")
+MEMORY_OF = ("pag", "repeat")
 
 
 @dataclass
@@ -57,12 +63,12 @@ class Batch:
     targets: Tensor  # (B, k, 3, 32, 32)
 
 
-def make_batch(args: argparse.Namespace, device: torch.device) -> Batch:
+def make_batch(args: argparse.Namespace, b: int, k: int, device: torch.device) -> Batch:
     """Random images; one-image targets (a random reference image per class minus the image)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, *SHAPE, generator=g)
-    y = torch.randint(0, CLASSES, (args.batch,), generator=g)
-    classes = sample_target_classes(args.batch, CLASSES, args.k, g)
+    x = torch.rand(b, *SHAPE, generator=g)
+    y = torch.randint(0, CLASSES, (b,), generator=g)
+    classes = sample_target_classes(b, CLASSES, k, g)
     refs = torch.rand(CLASSES, *SHAPE, generator=g)
     targets = refs[classes] - x.unsqueeze(1)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -86,15 +92,15 @@ def repeat_terms(model: nn.Module, x: Tensor, targets: Tensor, classes: Tensor) 
     return logits.view(b, k, -1)[:, 0], (1 - cos).mean(), cos.view(b, k)
 
 
-def step_fn(name: str, model: nn.Module, batch: Batch, bf16: bool) -> Callable[[], None]:
-    """One training step of method `name` on its own model and optimiser."""
+def step_fn(name: str, model: nn.Module, batch: Batch, args: argparse.Namespace) -> Callable[[], None]:
+    """One training step of method `name` on its own model and optimiser, the model in training mode."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    attack = PGD(model, "l2", 0.5, steps=10)
+    attack = PGD(model, "l2", 0.5, steps=7)
     device_type = batch.x.device.type
 
     def loss() -> Tensor:
         if name == "pag":
-            terms = pag_objective(model, batch.x, batch.targets, batch.classes)
+            terms = pag_objective(model, batch.x, batch.targets, batch.classes, args.step)
             return F.cross_entropy(terms.logits, batch.y) + LAM * terms.loss
         if name == "repeat":
             logits, pag, _ = repeat_terms(model, batch.x, batch.targets, batch.classes)
@@ -107,7 +113,7 @@ def step_fn(name: str, model: nn.Module, batch: Batch, bf16: bool) -> Callable[[
         return F.cross_entropy(model(x_adv), batch.y)
 
     def step() -> None:
-        autocast = torch.autocast(device_type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+        autocast = torch.autocast(device_type, torch.bfloat16) if args.bf16 else contextlib.nullcontext()
         with autocast:
             value = loss()
         opt.zero_grad(set_to_none=True)
@@ -122,11 +128,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_methods(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
+def time_methods(args: argparse.Namespace, b: int, k: int, device: torch.device) -> dict[str, dict[str, float]]:
     """Median CPU and wall seconds per step, all methods interleaved, after one warm-up round."""
-    batch = make_batch(args, device)
+    batch = make_batch(args, b, k, device)
     base = make_model(args, device)
-    steps = {name: step_fn(name, copy.deepcopy(base), batch, args.bf16) for name in METHODS}
+    steps = {name: step_fn(name, copy.deepcopy(base), batch, args) for name in METHODS}
     times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in METHODS}
     for r in range(args.rounds + 1):
         for name in METHODS:
@@ -137,7 +143,6 @@ def time_methods(args: argparse.Namespace, device: torch.device) -> dict[str, di
             if r:
                 times[name]["cpu"].append(time.process_time() - cpu)
                 times[name]["wall"].append(time.perf_counter() - wall)
-        print(f"round {r}/{args.rounds}" + (" (warm-up)" if r == 0 else ""), file=sys.stderr, flush=True)
     return {name: {clock: statistics.median(v) for clock, v in t.items()} for name, t in times.items()}
 
 
@@ -149,46 +154,59 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status (peak memory is measured on Linux only)")
 
 
-def measure_memory(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Run in a fresh process: MB the step adds to the resident set (CPU) or to allocated memory (GPU)."""
-    batch = make_batch(args, device)
-    step = step_fn(args.memory_of, make_model(args, device), batch, args.bf16)
+def measure_memory(args: argparse.Namespace, name: str, b: int, k: int, device: torch.device) -> float:
+    """In a fresh process: MB that one step of `name` adds to the resident set (CPU) or allocated memory (GPU)."""
+    step = step_fn(name, make_model(args, device), make_batch(args, b, k, device), args)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         step()
         sync(device)
-        return {"step": (torch.cuda.max_memory_allocated(device) - before) / 2**20,
-                "peak": torch.cuda.max_memory_allocated(device) / 2**20}
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     before = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
     step()
-    peak = _status_kb("VmHWM")
-    return {"step": (peak - before) / 1024, "peak": peak / 1024}
+    return (_status_kb("VmHWM") - before) / 1024
 
 
-def memory_in_fresh_processes(argv: list[str]) -> dict[str, dict[str, float]]:
-    out = {}
-    for name in METHODS:
-        done = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name], capture_output=True,
-                              text=True)
-        if done.returncode:
-            raise SystemExit(f"memory measurement of {name} failed:\n{done.stderr}")
-        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return out
+def common_argv(args: argparse.Namespace) -> list[str]:
+    """The options every child process shares."""
+    argv = ["--width", str(args.width), "--rounds", str(args.rounds), "--device", args.device, "--step", args.step]
+    return argv + ["--bf16"] * args.bf16 + ["--channels-last"] * args.channels_last
 
 
-def check_loss(args: argparse.Namespace, device: torch.device) -> bool:
-    """pag's loss, cosines and parameter gradients against repeat's, float32, no autocast."""
-    batch = make_batch(args, device)
+def child(argv: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"benchmarks/pag_step.py {' '.join(argv)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_configuration(args: argparse.Namespace, b: int, k: int, threads: int, device: torch.device) -> dict:
+    """Times (this process) and memory (one fresh process per method) of one configuration."""
+    times = time_methods(args, b, k, device)
+    clock = "cpu" if device.type == "cpu" and threads == 1 else "wall"
+    t = {m: times[m][clock] for m in METHODS}
+    config = ["--batch", str(b), "--k", str(k), "--threads", str(threads)]
+    memory = {m: child([*common_argv(args), *config, "--memory-of", m])["mb"] for m in MEMORY_OF}
+    c = classes_per_pass(args.step, make_batch(args, b, k, device).x, k)
+    step = "serial" if c == 1 else "batched" if c == k else f"batched {c}"
+    return {"B": b, "k": k, "threads": threads, "step": step, "clock": clock, "seconds": t, "mb": memory}
+
+
+def check_loss(args: argparse.Namespace, b: int, k: int, device: torch.device) -> bool:
+    """pag's loss, cosines and parameter gradients against repeat's, float32, no autocast, for the serial and the
+    batched step (or `--step`)."""
+    batch = make_batch(args, b, k, device)
     ok = True
-    for mode in ("eval", "train"):
+    for step, mode in itertools.product(("serial", "batched") if args.step == "auto" else (args.step,),
+                                        ("eval", "train")):
         ours_model, ref_model = make_model(args, device), make_model(args, device)
         ours_model.train(mode == "train")
         ref_model.train(mode == "train")
-        ours = pag_objective(ours_model, batch.x, batch.targets, batch.classes)
+        ours = pag_objective(ours_model, batch.x, batch.targets, batch.classes, step)
         ours_grads = torch.autograd.grad(ours.loss, list(ours_model.parameters()))
         _, ref_loss, ref_cos = repeat_terms(ref_model, batch.x, batch.targets, batch.classes)
         ref_grads = torch.autograd.grad(ref_loss, list(ref_model.parameters()))
@@ -197,79 +215,86 @@ def check_loss(args: argparse.Namespace, device: torch.device) -> bool:
         scale = max(g.abs().max().item() for g in ref_grads)
         grad_diff = max((a - b).abs().max().item() for a, b in zip(ours_grads, ref_grads)) / scale
         if mode == "eval":
-            ok = rel <= TOLERANCE
-            print(f"loss check, batch norm on running statistics: pag {ours.loss.item():.7f} repeat "
-                  f"{ref_loss.item():.7f}, relative difference {rel:.1e} ({'ok' if ok else 'FAIL'}: <= {TOLERANCE:g}); "
-                  f"max |cosine difference| {cos_diff:.1e}; parameter gradients differ by {grad_diff:.1e} of "
-                  "their largest entry")
+            ok = ok and rel <= TOLERANCE
+            print(f"loss check, {step} step (B {b}, k {k}), batch norm on running statistics: pag "
+                  f"{ours.loss.item():.7f} repeat {ref_loss.item():.7f}, relative difference {rel:.1e} "
+                  f"({'ok' if rel <= TOLERANCE else 'FAIL'}: <= {TOLERANCE:g}); max |cosine difference| "
+                  f"{cos_diff:.1e}; parameter gradients differ by {grad_diff:.1e} of their largest entry")
         else:
-            print(f"training mode (batch statistics couple the images in both, and the k copies in repeat): "
-                  f"relative difference {rel:.1e}, max |cosine difference| {cos_diff:.1e}, gradients {grad_diff:.1e}")
+            print(f"  {step} step, batch norm on batch statistics (pag: the B images' statistics; repeat: over B*k "
+                  f"rows): relative difference {rel:.1e}, max |cosine difference| {cos_diff:.1e}, gradients "
+                  f"{grad_diff:.1e}")
     return ok
 
 
-def profile_pag(args: argparse.Namespace, device: torch.device, rows: int = 12) -> None:
+def profile_pag(args: argparse.Namespace, b: int, k: int, device: torch.device, rows: int = 15) -> None:
     """The operators that dominate the PAG step, by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = step_fn("pag", make_model(args, device), make_batch(args, device), args.bf16)
+    step = step_fn("pag", make_model(args, device), make_batch(args, b, k, device), args)
     step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for _ in range(2):
+        for _ in range(3):
             step()
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"top operators of the pag step (2 steps, by {key}):")
+    print(f"top operators of the pag step (B {b}, k {k}, 3 steps, by {key}):")
     print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=44))
 
 
-def main() -> None:
+def print_row(r: dict) -> None:
+    t, mb = r["seconds"], r["mb"]
+    print(f"{r['B']:4d} {r['k']:3d} {r['threads']:7d}  {r['step']:8s} {t['pag']:8.3f} {t['repeat']:8.3f} "
+          f"{mb['pag']:7.0f} {mb['repeat']:7.0f}  {t['pag'] / t['repeat']:9.2f} {mb['pag'] / mb['repeat']:8.2f} "
+          f"{t['pag'] / t['vanilla']:11.1f} {t['pag'] / t['at7']:7.2f}  {r['clock']}", flush=True)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage (64: real ResNet-18)")
-    parser.add_argument("--batch", type=int, default=16, help="images per step (B)")
-    parser.add_argument("--k", type=int, default=10, help="target classes per image")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median); one warm-up round before")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16, 128], help="images per step (B)")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 10], help="target classes per image")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads for torch")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median); one warm-up round before")
+    parser.add_argument("--step", choices=STEPS, default="auto", help="pag_objective's step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (1: steady figures on a shared machine; 0: torch's default)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for every method")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and images")
-    parser.add_argument("--profile", action="store_true", help="print the PAG step's top operators")
-    parser.add_argument("--memory-of", choices=METHODS, help=argparse.SUPPRESS)  # internal: one fresh process
+    parser.add_argument("--profile", action="store_true", help="print the PAG step's top operators, first config")
+    parser.add_argument("--memory-of", choices=MEMORY_OF, help=argparse.SUPPRESS)  # internal: one fresh process
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one configuration
     args = parser.parse_args()
-    if not 1 <= args.k <= CLASSES:
+    if not all(1 <= k <= CLASSES for k in args.k):
         raise SystemExit(f"--k must be between 1 and {CLASSES}, got {args.k}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but PyTorch sees no GPU; leave --device out to run on the CPU")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads[0])
     if args.memory_of:
-        print(json.dumps(measure_memory(args, device)))
+        print(json.dumps({"mb": measure_memory(args, args.memory_of, args.batch[0], args.k[0], device)}))
+        return
+    if args.one:
+        print(json.dumps(one_configuration(args, args.batch[0], args.k[0], args.threads[0], device)))
         return
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
-    print(f"ResNet-18 layout (CIFAR stem), width {args.width}, batch {args.batch}, k {args.k}, {name}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"ResNet-18 layout (CIFAR stem), width {args.width}, training mode, {where}, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}{', channels_last' if args.channels_last else ''}, "
-          f"torch {torch.__version__}")
-    ok = check_loss(args, device)
+          f"torch {torch.__version__}, pag step {args.step}; median of {args.rounds} interleaved rounds")
+    ok = check_loss(args, min(args.batch), max(args.k), device)
     if args.profile:
-        profile_pag(args, device)
-    times = time_methods(args, device)
-    argv = [a for a in sys.argv[1:] if a != "--profile"]
-    memory = memory_in_fresh_processes(argv)
-    clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
-    unit = "GPU MB" if device.type == "cuda" else "RSS MB"
-    print(f"{'method':8s} {'cpu s/step':>10s} {'wall s/step':>11s} {'step ' + unit:>12s} {'peak ' + unit:>12s}")
-    for m in METHODS:
-        print(f"{m:8s} {times[m]['cpu']:10.3f} {times[m]['wall']:11.3f} {memory[m]['step']:12.0f} "
-              f"{memory[m]['peak']:12.0f}")
-    print(f"ratios use {clock} time and the step's {unit}; median of {args.rounds} interleaved rounds")
-    t = {m: times[m][clock] for m in METHODS}
-    print(f"pag/repeat time {t['pag'] / t['repeat']:.2f}, "
-          f"pag/repeat memory {memory['pag']['step'] / memory['repeat']['step']:.2f}, "
-          f"pag/vanilla {t['pag'] / t['vanilla']:.1f}, pag/at10 {t['pag'] / t['at10']:.2f}")
+        profile_pag(args, args.batch[0], args.k[0], device)
+    print("   B   k threads  pag step   pag s  repeat s  pag MB  rep MB  pag/repeat  pag/rep  pag/vanilla "
+          "pag/at7  clock\n" + " " * 51 + "time   memory")
+    for b, k, threads in itertools.product(args.batch, args.k, args.threads):
+        config = ["--batch", str(b), "--k", str(k), "--threads", str(threads)]
+        print_row(child([*common_argv(args), *config, "--one"]))
     if not ok:
         sys.exit(1)
 

@@ -18,7 +18,7 @@ import torch
 
 from pagrob.config import load_config
 from pagrob.demo import RUNS
-from pagrob.train import train
+from pagrob.pipeline import train_and_evaluate
 
 METHODS = ("toy2d-vanilla", "toy2d-pag-exact")
 
@@ -40,7 +40,7 @@ def main() -> None:
         for method in METHODS:
             name = f"{method}-seed{seed}"
             cfg = load_config(None, RUNS[method] + [f"seed={seed}", f"name={name}", "eval.eps_l2=[15]"])
-            run = train(cfg, args.out / name, progress=False)
+            run = train_and_evaluate(cfg, args.out / name, progress=False)
             clean, robust = robust_at(run / "results.json", 15.0)
             table[method].append(robust)
             print(f"{name}: clean {100 * clean:.1f}%, PGD L2 eps=15 {100 * robust:.1f}%", flush=True)

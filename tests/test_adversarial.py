@@ -12,7 +12,9 @@ from pagrob.config import ConfigError, load_config
 from pagrob.data import load_dataset
 from pagrob.models import build_model
 from pagrob.targets import build_source
-from pagrob.train import _adversary, lam_at, train, train_step
+from pagrob.parts import make_adversary
+from pagrob.pipeline import train_and_evaluate
+from pagrob.train import Step, lam_at, train_step
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,8 @@ def test_adversarial_objectives_compose_with_pag(digits, method, source):
     src = build_source(source, cfg.pag, digits) if source != "none" else None
     g = torch.Generator().manual_seed(0)
     idx = torch.arange(16)
-    loss, parts = train_step(model, digits.x_train[idx], digits.y_train[idx], cfg, src,
-                             _adversary(cfg, model, (0.0, 1.0), g), idx, 10, g, "none")
+    loss, parts = train_step(model, digits.x_train[idx], digits.y_train[idx], idx,
+                             Step(cfg, src, make_adversary(cfg, model, (0.0, 1.0), g), 10, g, "none"))
     robust = 3 * parts["kl"] if method == "trades" else 0.0
     pag = 2 * parts["pag"] if source != "none" else 0.0
     assert loss.item() == pytest.approx(parts["ce"] + robust + pag, rel=1e-5)
@@ -63,8 +65,8 @@ def test_trades_cross_entropy_is_taken_at_the_clean_images(digits):
     model = _model()
     x, y = digits.x_train[:16], digits.y_train[:16]
     g = torch.Generator().manual_seed(0)
-    _, parts = train_step(model, x, y, cfg, None, _adversary(cfg, model, (0.0, 1.0), g), torch.arange(16), 10, g,
-                          "none")
+    _, parts = train_step(model, x, y, torch.arange(16),
+                          Step(cfg, None, make_adversary(cfg, model, (0.0, 1.0), g), 10, g, "none"))
     with torch.no_grad():
         assert parts["ce"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
         assert parts["kl"] > 0
@@ -86,6 +88,6 @@ def test_lam_schedule_reaches_the_training_loop(tmp_path):
                                       "pag.lam_warmup_scale=0.5"]).pag, e, 4) for e in range(4)] == [1.5, 1.5, 3, 3]
     cfg = load_config(None, ["data.name=toy2d", "pag.source=exact", "optim.epochs=2", "pag.lam_warmup_fraction=0.5",
                              "pag.lam_warmup_scale=0", "eval.n=20", "eval.eps_l2=[5]"])
-    train(cfg, tmp_path / "run", progress=False)
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "train_pag" not in rows[0] and "train_pag" in rows[1]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import pagrob.pipeline as pipeline
 import pagrob.train as train_module
 from pagrob import checkpoint
 from pagrob.cli import main
@@ -40,6 +41,7 @@ def refused(capsys, out: Path, *sets: str) -> str:
     (["pag.lamda=1"], "unknown config key 'pag.lamda'. Did you mean 'pag.lam'?"),
     (["optim.epochs=two"], "config key 'optim.epochs' expects int, got 'two'"),
     (["pag.lam=-1"], "pag.lam must be >= 0, got -1.0"),
+    (["pag.step=fast"], "pag.step must be auto, serial or batched, got 'fast'"),
     (["pag.source=exact", "pag.k=3"], "pag.k = 3 is larger than the number of classes of toy2d (2)"),
     (["adv.method=pgd", "adv.eps=-0.5"], "adv.eps must be >= 0, got -0.5"),
     (["eval.eps_l2=[0.5, -1]"], "eval eps values must be >= 0"),
@@ -115,7 +117,7 @@ def unfinished(tmp_path, monkeypatch, capsys) -> Path:
     def dying(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(train_module, "evaluate_and_write", dying)
+    monkeypatch.setattr(pipeline, "evaluate_and_write", dying)
     with pytest.raises(Crash):
         main(["--quiet", "train", "--out", str(tmp_path / "run"), *QUICK])
     monkeypatch.undo()

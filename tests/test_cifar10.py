@@ -21,7 +21,7 @@ from pagrob.data.images import CIFAR10_CLASSES
 from pagrob.data.split import first_training_images
 from pagrob.evaluate import ROBUSTBENCH_EPS
 from pagrob.targets import reference_source_name
-from pagrob.train import train
+from pagrob.pipeline import train_and_evaluate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
 
@@ -149,14 +149,14 @@ METHODS = {
 @pytest.mark.parametrize("method", list(METHODS))
 def test_one_training_step_of_every_method_on_real_images(shared_cifar10, tmp_path, method):
     """One optimizer step (one batch: the first 64 images, every class at least twice as NN and smooth need) of each
-    objective through `train`, on real photographs."""
+    objective through `train_and_evaluate`, on real photographs."""
     cfg = load_config(None, ["data.name=cifar10", f"data.data_dir={SHARED}", "data.train_n=64", "model.arch=resnet18",
                              "model.width=4", "optim.epochs=1", "optim.batch_size=64", "pag.k=2", "pag.sigma=2.0",
                              "eval.n=4", "eval.pgd_steps=2", "device=cpu", f"name={method}"] + METHODS[method])
     head = first_training_images(shared_cifar10, 64)
     data = Dataset(head.name, head.x_train, head.y_train, head.x_test[:10], head.y_test[:10], 10,
                    classes=head.classes)  # ten test images: the per-epoch accuracy need not see 5,000
-    out = train(cfg, tmp_path / method, progress=False, data=data)
+    out = train_and_evaluate(cfg, tmp_path / method, progress=False, data=data)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and np.isfinite(metrics[0]["train_loss"])
     results = json.loads((out / "results.json").read_text())

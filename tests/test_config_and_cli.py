@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +66,28 @@ def test_cli_reports_user_errors_in_one_line_with_exit_code_2(tmp_path, capsys):
     assert "cifar-10-batches-py" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--set", "pag.k=5", "--set", "pag.source=exact"]) == 2
     assert "larger than the number of classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["data.name=digits", "pag.source=exact"], "only for toy2d, not digits; use one of oi, cm, nn, sbg"),
+    (["data.name=digits", "model.arch=mlp"], "mlp takes flat vectors; inputs have shape (1, 8, 8)"),
+    (["data.name=toy2d", "model.arch=cnn"], "cnn takes images (C, H, W)"),
+    (["data.name=mnist"], "data.name must be toy2d, digits, cifar10"),
+])
+def test_mismatched_settings_are_user_errors_not_tracebacks(tmp_path, capsys, sets, message):
+    assert main(["train", "--out", str(tmp_path / "r"), *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pagrob: error: ") and message in err and err.count("\n") == 1
+
+
+def test_train_off_a_terminal_writes_plain_lines_not_bars(tmp_path):
+    """stderr to a file: one line per epoch, no carriage-return redraws."""
+    sets = ["device=cpu", "pag.source=exact", "optim.epochs=3", "eval.n=20", "eval.eps_l2=[5]"]
+    argv = [sys.executable, "-m", "pagrob", "train", "--out", str(tmp_path / "run")]
+    with open(tmp_path / "stderr.txt", "w") as log:
+        subprocess.run(argv + [a for s in sets for a in ("--set", s)], stdout=subprocess.DEVNULL, stderr=log,
+                       check=True)
+    text = (tmp_path / "stderr.txt").read_text()
+    assert "\r" not in text
+    epochs = [line for line in text.splitlines() if " epoch " in line]
+    assert [line.split(":")[0] for line in epochs] == ["run epoch 1/3", "run epoch 2/3", "run epoch 3/3"]

@@ -16,7 +16,8 @@ import pagrob.train as train_module
 from pagrob import checkpoint, distributed
 from pagrob.config import load_config
 from pagrob.data import Dataset, toy2d
-from pagrob.train import fit, train
+from pagrob.pipeline import train_and_evaluate
+from pagrob.train import fit
 
 # AT + PAG: the model is called twice in a step and the PAG term needs a double backward, both inside DDP.
 # Batches of 63 split 32 / 31 between the ranks, so the share weighting of the ranks' losses is exercised;
@@ -92,7 +93,7 @@ def test_pagrob_train_nproc_2_from_the_command_line(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["dataset"] == "toy2d", "one results JSON, printed by rank 0 alone"
-    train(load_config(None, sets), tmp_path / "single", progress=False)
+    train_and_evaluate(load_config(None, sets), tmp_path / "single", progress=False)
     ddp, single = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ddp", "single"))
     assert max_difference(ddp, single) < 1e-5
     assert not (tmp_path / "ddp" / "checkpoints").exists()

@@ -28,14 +28,15 @@ def test_targets_are_queried_where_the_pag_term_is_taken(monkeypatch, aug):
     seen = {}
     real = train_module.pag_objective
 
-    def spy(model, x, targets, classes):
+    def spy(model, x, targets, classes, step):
         seen.update(x=x.detach(), targets=targets)
-        return real(model, x, targets, classes)
+        return real(model, x, targets, classes, step)
 
     monkeypatch.setattr(train_module, "pag_objective", spy)
     x, y = digits.x_train[:16], digits.y_train[:16]
-    _, parts = train_module.train_step(model, x, y, cfg, QueryPoint(), None, torch.arange(16), 10,
-                                       torch.Generator().manual_seed(0), aug)
+    _, parts = train_module.train_step(model, x, y, torch.arange(16),
+                                       train_module.Step(cfg, QueryPoint(), None, 10, torch.Generator().manual_seed(0),
+                                                         aug))
     for j in range(3):  # each target was computed at exactly the point the model's gradient is taken at
         assert torch.equal(seen["targets"][:, j], seen["x"])
     if aug == "none":

@@ -12,11 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import pagrob.pipeline as pipeline
 import pagrob.train as train_module
 from pagrob import checkpoint
 from pagrob.config import load_config
 from pagrob.data import Dataset, toy2d
-from pagrob.train import CHECKPOINTS, train
+from pagrob.pipeline import train_and_evaluate as train
+from pagrob.train import CHECKPOINTS
 
 # PAG with sampled target classes and PGD with random starts: every random stream a resume must restore.
 SETTINGS = ["device=cpu", "pag.source=exact", "pag.k=1", "adv.method=pgd", "adv.steps=2", "optim.epochs=3",
@@ -84,7 +86,7 @@ def test_crash_during_final_evaluation_resumes_from_the_last_epoch(tmp_path, mon
     def dying(*args, **kwargs):
         raise Crash
 
-    monkeypatch.setattr(train_module, "evaluate_and_write", dying)
+    monkeypatch.setattr(pipeline, "evaluate_and_write", dying)
     with pytest.raises(Crash):
         train(cfg, tmp_path, progress=False, data=small_toy())
     monkeypatch.undo()

@@ -161,12 +161,12 @@ def test_a_truncated_shard_is_refused_at_open_by_name(tmp_path):
 def test_training_opens_the_store_from_the_config_and_gets_batch_rows(tmp_path):
     from pagrob.losses import pag_loss
     from pagrob.models import build_model
-    from pagrob.train import make_source
+    from pagrob.targets import make_source
 
     data = load_dataset("toy2d")
     build_store(tmp_path / "exact", data, ExactToy(5.0), {"name": "exact", "params": {"sigma": 5.0}}, progress=False)
     cfg = load_config(None, [f"pag.source=store:{tmp_path / 'exact'}"])
-    source = make_source(cfg, data)
+    source = make_source(cfg.pag.source, cfg.pag, data)
     idx = torch.randperm(len(data.x_train))[:64]
     classes = torch.randint(2, (64, 1))
     targets = source(data.x_train[idx], classes, idx)
@@ -176,7 +176,7 @@ def test_training_opens_the_store_from_the_config_and_gets_batch_rows(tmp_path):
     loss = pag_loss(build_model("mlp", (2,), 2, 16), data.x_train[idx], targets, classes)
     assert torch.isfinite(loss)
     with pytest.raises(ConfigError, match="does not match dataset digits"):
-        make_source(cfg, load_dataset("digits"))
+        make_source(cfg.pag.source, cfg.pag, load_dataset("digits"))
 
 
 def test_missing_store_names_the_build_command(tmp_path):

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from pagrob.config import Config, save_config
 from pagrob.models import build_model
-from pagrob.runs import RunError, save_model, write_json
+from pagrob.errors import RunError
+from pagrob.files import write_json
+from pagrob.runs import save_model
 
 FORMATS = ("pag-rob",)
 ARCHS = ("resnet18", "vit")

@@ -1,22 +1,42 @@
-"""The `pagrob` command: demo | train | targets | evaluate | visualize | report | sweep | study | import-checkpoint.
+"""The `pagrob` command: demo | train | targets | evaluate | visualize | report | sweep | study | import-checkpoint."""
 
-Thin: parses arguments and calls the library.
-"""
-
+# Each verb imports its library module (and so torch) when it runs, not before: `pagrob --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pagrob.attacks import PerturbationError
-from pagrob.config import Config, ConfigError, load_config
-from pagrob.data import DatasetError
-from pagrob.runs import RunError
+from pagrob.errors import USER_ERRORS, ConfigError, RunError
 
-USER_ERRORS = (ConfigError, DatasetError, RunError, PerturbationError, FileNotFoundError)
+if TYPE_CHECKING:
+    from pagrob.config import Config
+
+
+class _Registry:
+    """An option's choices read from a registry when argparse first needs them (to parse or to print this
+    option's help), so building the parser imports no torch. Give the option a metavar: argparse would
+    otherwise list the choices while building the parser."""
+
+    def __init__(self, module: str, name: str, accepts: str | None = None):
+        self.module, self.name, self.accepts = module, name, accepts  # attributes of `module`
+
+    def _names(self) -> list[str]:
+        names = getattr(importlib.import_module(self.module), self.name)
+        return list(names() if callable(names) else names)
+
+    def __contains__(self, value: object) -> bool:
+        if self.accepts is not None:  # a test of its own (datasets: `npz:PATH` matches any path)
+            return bool(getattr(importlib.import_module(self.module), self.accepts)(value))
+        return value in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -28,6 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _train_config(args: argparse.Namespace) -> Config:
     """The config to train with; `--resume` alone reads the run's own config.yaml."""
+    from pagrob.config import load_config
+
     if args.resume and args.config is None and not args.set:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
@@ -42,7 +64,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
     import torch
 
     from pagrob.distributed import launch
-    from pagrob.train import resolve_device
+    from pagrob.devices import resolve_device
 
     if "WORLD_SIZE" in os.environ:
         raise ConfigError("--nproc starts the processes itself; under torchrun leave it out")
@@ -56,7 +78,8 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pagrob.train import train
+    from pagrob.config import load_config
+    from pagrob.pipeline import train_and_evaluate
 
     if args.dry_run:
         from pagrob.dryrun import dry_run, format_dry_run
@@ -71,15 +94,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.nproc > 1:
         _launch_train(args, cfg)
         return
-    out = train(cfg, Path(args.out), progress=not args.quiet, resume=args.resume)
+    out = train_and_evaluate(cfg, Path(args.out), progress=not args.quiet, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(json.loads((out / "results.json").read_text()), indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pagrob.devices import resolve_device
     from pagrob.evaluate import evaluate_run, summary_line
     from pagrob.runs import load_run
-    from pagrob.train import resolve_device
 
     run = load_run(args.run_dir)
     device = resolve_device(args.device or run.config.device)
@@ -135,7 +158,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagrob", description=__doc__)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="neither progress bars (drawn on a terminal) nor progress lines (written to a log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train and evaluate the offline demo runs, write a report")
@@ -159,21 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "torchrun --nproc_per_node=N -m pagrob train ...")
     p.set_defaults(func=cmd_train)
 
-    from pagrob.attacks.library import VERSIONS
-    from pagrob.evaluate import ATTACKS
-
     p = sub.add_parser("evaluate", help="attack a trained run (AutoAttack by default), run the gradient-masking "
                                         "guards, score alignment; update its results.json")
     p.add_argument("run_dir")
-    p.add_argument("--attack", choices=ATTACKS, default="autoattack",
-                   help="autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence (torchattacks); pgd: ours")
+    p.add_argument("--attack", choices=_Registry("pagrob.evaluate", "ATTACKS"), default="autoattack",
+                   metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence "
+                                          "(torchattacks); pgd: ours")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")
     p.add_argument("--n", type=int, help="attack the first N test images (default: the run's eval.n; 0: all)")
-    p.add_argument("--version", choices=list(VERSIONS), default="standard",
-                   help="AutoAttack budget: standard (RobustBench's), rand (randomised defences), custom-fast "
-                        "(20 iterations, 3 targets, 1000 Square queries; not comparable with published numbers)")
+    p.add_argument("--version", choices=_Registry("pagrob.attacks.library", "VERSIONS"), default="standard",
+                   metavar="VERSION",
+                   help="AutoAttack budget, one of %(choices)s: standard (RobustBench's), rand (randomised defences), "
+                        "custom-fast (20 iterations, 3 targets, 1000 Square queries; not comparable with published "
+                        "numbers)")
     p.add_argument("--alignment", nargs="*", metavar="SOURCE",
                    help="target sources to score alignment against (default: the run's own and the dataset's "
                         "reference source)")
@@ -229,10 +253,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=cmd_import_checkpoint)
 
-    from pagrob.diffusion.commands import add_targets_parser
-
-    add_targets_parser(sub)
+    _add_targets_parser(sub)
     return parser
+
+
+def cmd_train_score_model(args: argparse.Namespace) -> None:
+    from pagrob.diffusion.commands import train_score_model_command
+
+    print(f"score model: {train_score_model_command(args)}")
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from pagrob.diffusion.commands import build_store_command
+
+    print(f"target store: {build_store_command(args)}")
+
+
+def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
+    """`pagrob targets train-score-model | build`."""
+    datasets = _Registry("pagrob.data", "dataset_choices", accepts="known_dataset")
+    group = sub.add_parser("targets", help="score models and precomputed target stores")
+    targets = group.add_subparsers(dest="targets_command", required=True)
+
+    p = targets.add_parser("train-score-model", help="train a class-conditional score model (with a null label)")
+    p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out", required=True, help="folder to write; rerunning continues from its checkpoint")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--width", type=int, default=0, help="0: 128 (toy MLP) or 32 (UNet's first level)")
+    p.add_argument("--label-dropout", type=float, default=0.2, help="rate of null labels (unconditional score)")
+    p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..t-max only (SBG queries one)")
+    p.add_argument("--t-max", type=int, default=-1, help="-1: the schedule's last timestep")
+    p.add_argument("--reference", type=int, default=0,
+                   help="stable (reduced-variance) targets over this many reference images per step; 0: plain DSM")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train_score_model)
+
+    p = targets.add_parser("build", help="precompute a source's targets for every image and class into a store")
+    p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--source", required=True, choices=_Registry("pagrob.targets", "SOURCES"),
+                   metavar="SOURCE", help="one of %(choices)s (pagrob.targets.SOURCES)")
+    p.add_argument("--out", required=True, help="store folder; rerunning finishes an interrupted build")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="source settings, e.g. pag.score_model=DIR pag.sbg_t=200 pag.sbg_draws=4")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=64, help="images per source call")
+    p.add_argument("--shard-mb", type=float, default=64, help="approximate size of one shard file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_build)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, YAML load/save, `--set key=value` overrides, validation.
 
 Every error a user can cause here is a `ConfigError` with one message that names the fix, raised
-before any long work starts.
+before any long work starts. The names it accepts come from the registries (`pagrob.data.DATASETS`,
+`pagrob.targets.SOURCES`, `pagrob.models.ARCHS`), never from a list of its own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration a user wrote that cannot be run."""
+from pagrob.data import dataset_names, known_dataset
+from pagrob.errors import ConfigError
+from pagrob.models import ARCHS
+from pagrob.targets import SOURCES, STORE_PREFIX, source_names
 
 
 @dataclass
 class DataConfig:
-    name: str = "toy2d"  # toy2d | digits | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH
+    name: str = "toy2d"  # a name in pagrob.data.DATASETS, or npz:PATH | folder:PATH (pagrob.data.ROUTES)
     data_dir: str = "data"  # torchvision's folder; for cifar10 also an .npz file of CIFAR-10 (see README)
     holdout: int = 0  # > 0: train on the rest, evaluate on this many held-out training images ("validation")
     train_n: int = 0  # > 0: train on the first train_n training images (after the holdout) only; 0: all
@@ -31,14 +33,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "auto"  # auto | mlp | cnn | resnet18 | vit
+    arch: str = "auto"  # auto (by input shape) or a name in pagrob.models.ARCHS
     width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
     normalize: str = "data"  # data: first layer standardises with training-set statistics | none: raw inputs
 
 
 @dataclass
 class PagConfig:
-    source: str = "none"  # none | oi | cm | nn | exact | sbg | smooth | store:PATH
+    source: str = "none"  # none, a name in pagrob.targets.SOURCES, or store:PATH
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
     sigma: float = 5.0  # noise level of the `exact` toy2d source and of the `smooth` (smoothed training set) source
@@ -53,6 +55,7 @@ class PagConfig:
     # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
     lam_warmup_fraction: float = 0.0
     lam_warmup_scale: float = 1.0
+    step: str = "auto"  # auto | serial (one class per backward pass) | batched (all k in one); see pag_objective
 
 
 @dataclass
@@ -164,11 +167,12 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(node, leaf, _coerce(key, value, getattr(node, leaf)))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"pag": {"lam": 1}} -> {"pag.lam": 1}: the dotted keys of a nested config mapping."""
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
     return flat
@@ -176,7 +180,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def from_dict(tree: dict) -> Config:
     cfg = Config()
-    for key, value in _flatten(tree).items():
+    for key, value in flatten(tree).items():
         set_key(cfg, key, value)
     return cfg
 
@@ -226,10 +230,16 @@ def validate(cfg: Config) -> None:
     _check(cfg.pag.noise == 0 or not cfg.pag.source.startswith("store:"),
            "pag.noise needs targets computed at the noisy points; a store: source holds one fixed target per "
            "training image (use the source the store was built from, or pag.noise=0)")
+    _check(cfg.pag.step in ("auto", "serial", "batched"),
+           f"pag.step must be auto, serial or batched, got '{cfg.pag.step}'")
     _check(cfg.pag.nn_sample >= 1, f"pag.nn_sample must be >= 1, got {cfg.pag.nn_sample}")
     src = cfg.pag.source
-    _check(src in ("none", "oi", "cm", "nn", "exact", "sbg", "smooth") or src.startswith("store:"),
-           f"pag.source must be none, oi, cm, nn, exact, sbg, smooth or store:PATH, got '{src}'")
+    _check(src == "none" or src in SOURCES or src.startswith(STORE_PREFIX),
+           f"pag.source must be none, {source_names().replace(' or ', ', ')} or {STORE_PREFIX}PATH, got '{src}'")
+    _check(src != "exact" or cfg.data.name == "toy2d",
+           f"pag.source=exact is known in closed form only for toy2d, not {cfg.data.name}; "
+           f"use one of {', '.join(n for n in SOURCES if n != 'exact')}")
+    _check(known_dataset(cfg.data.name), f"data.name must be {dataset_names()}, got '{cfg.data.name}'")
     _check(src != "sbg" or bool(cfg.pag.score_model),
            "pag.source=sbg needs pag.score_model=DIR (train one with: pagrob targets train-score-model)")
     _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0, "pag.sbg_t and pag.sbg_draws must be >= 0")
@@ -259,8 +269,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
-    _check(cfg.model.arch in ("auto", "mlp", "cnn", "resnet18", "vit"),
-           f"model.arch must be auto, mlp, cnn, resnet18 or vit, got '{cfg.model.arch}'")
+    _check(cfg.model.arch == "auto" or cfg.model.arch in ARCHS,
+           f"model.arch must be auto, {', '.join(ARCHS)}, got '{cfg.model.arch}'")
     _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
     _check(cfg.model.normalize in ("data", "none"), f"model.normalize must be data or none, got '{cfg.model.normalize}'")
     _check(cfg.optim.name in ("sgd", "adam"), f"optim.name must be sgd or adam, got '{cfg.optim.name}'")

@@ -16,7 +16,9 @@ from pagrob.diffusion import demo_assets as sbg_assets
 from pagrob.evaluate import evaluate_run, summary_line
 from pagrob.report import write_report
 from pagrob.runs import load_run, read_results
-from pagrob.train import CHECKPOINTS, finished, resolve_device, train
+from pagrob.devices import resolve_device
+from pagrob.pipeline import train_and_evaluate
+from pagrob.train import CHECKPOINTS, finished
 
 # Shared settings: the same training and evaluation for every run of a dataset, so only the method differs.
 # toy2d: raw coordinates and Adam. On standardised inputs plain gradient descent never moves first-layer weights
@@ -103,7 +105,7 @@ def train_or_continue(cfg: Config, run_dir: Path, progress: bool = True) -> Path
         shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     elif progress:
         print(f"[demo] continuing the interrupted {cfg.name} from its last checkpoint", flush=True)
-    return train(cfg, run_dir, progress, resume=resume)
+    return train_and_evaluate(cfg, run_dir, progress, resume=resume)
 
 
 def autoattack_run(run_dir: Path, progress: bool = True) -> list[dict]:

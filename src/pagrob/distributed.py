@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pagrob.config import ConfigError
-from pagrob.runs import RunError
+from pagrob.errors import ConfigError
+from pagrob.errors import RunError
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ def launch(nproc: int, argv: list[str]) -> None:
 
     Raises RunError naming the failed ranks; each rank has already printed its own message.
     """
+    # torchrun's launcher is needed only by `--nproc N`
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pagrob.config import Config
 from pagrob.data import Dataset, load_dataset
-from pagrob.data.augment import resolve_mode
 from pagrob.data.images import TORCHVISION
-from pagrob.targets import TargetSource
+from pagrob.devices import resolve_device
+from pagrob.parts import assemble, check_against_data, config_source
+from pagrob.targets import STORE_PREFIX, TargetSource
+from pagrob.train import Step, lam_at, train_step
 
 # Image shape, train and test sizes of the torchvision datasets, so no file is needed to know them.
 SHAPES: dict[str, tuple[tuple[int, int, int], int, int]] = {
@@ -113,14 +115,12 @@ def vanilla_config(cfg: Config) -> Config:
     return base
 
 
-def _timed_step(model, x, y, cfg, source, adversary, num_classes, generator, aug_mode, opt) -> tuple[float, dict]:
-    from pagrob.train import train_step
-
+def _timed_step(model: nn.Module, x: Tensor, y: Tensor, step: Step, opt: torch.optim.Optimizer
+                ) -> tuple[float, dict]:
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
-    loss, parts = train_step(model, x, y, cfg, source, adversary, torch.arange(len(x), device=x.device),
-                             num_classes, generator, aug_mode)
+    loss, parts = train_step(model, x, y, torch.arange(len(x), device=x.device), step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -142,9 +142,6 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
 
     With `timing`, the step is repeated and a vanilla step on the same model and batch is timed beside it.
     """
-    from pagrob.train import (_adversary, build_classifier, check_against_data, lam_at, make_optimizer,
-                              make_source, resolve_device)
-
     device = resolve_device(cfg.device)
     info, data = describe_dataset(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -157,28 +154,25 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
     x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
 
     needs = list(info.needs)
-    if cfg.pag.source.startswith("store:"):
-        store = Path(cfg.pag.source[6:])
+    stand_in = False  # a source whose files are not here: random targets of the right shape cost the same
+    if cfg.pag.source.startswith(STORE_PREFIX):
+        store = Path(cfg.pag.source[len(STORE_PREFIX):])
         needs.append((f"{store}/ (target store; `pagrob targets build --dataset {info.name} --source SOURCE "
                       f"--out {store}`)",
                       store.exists()))
-        source: TargetSource | None = StandInTargets()
+        stand_in = True
     elif cfg.pag.source == "sbg":
         folder = Path(cfg.pag.score_model)
         needs.append((f"{folder}/ (score model; `pagrob targets train-score-model --dataset {info.name}`)",
                       folder.exists()))
-        source = make_source(cfg, data) if folder.exists() else StandInTargets()
-    else:
-        source = make_source(cfg, data)
-    source = source.to(device) if source is not None else None
+        stand_in = not folder.exists()
 
-    model, arch = build_classifier(cfg, data)
-    model = model.to(device).train()
-    adversary = _adversary(cfg, model, info.bounds, generator)
-    aug_mode = resolve_mode(cfg.data.augment, info.name, len(info.input_shape) == 3)
-    opt = make_optimizer(cfg, model)
+    run = assemble(cfg, data, device, generator, (lambda c, d: StandInTargets()) if stand_in else config_source)
+    model, arch, opt = run.model.train(), run.arch, run.optimizer
+    source = run.source
+    step = Step(cfg, source, run.adversary, info.num_classes, generator, run.aug_mode)
 
-    _, parts = _timed_step(model, x, y, cfg, source, adversary, info.num_classes, generator, aug_mode, opt)
+    _, parts = _timed_step(model, x, y, step, opt)
     if not all(math.isfinite(v) for v in parts.values()):
         raise FloatingPointError(f"the dry-run step gave a non-finite loss: {parts}")
     report = {
@@ -197,10 +191,9 @@ def dry_run(cfg: Config, batch: int | None = None, timing: bool = True) -> dict:
     }
     report["total_steps"] = report["steps_per_epoch"] * cfg.optim.epochs
     if timing:
-        seconds, _ = _timed_step(model, x, y, cfg, source, adversary, info.num_classes, generator, aug_mode, opt)
-        base = vanilla_config(cfg)
-        vanilla = min(_timed_step(model, x, y, base, None, None, info.num_classes, generator, aug_mode, opt)[0]
-                      for _ in range(3))
+        seconds, _ = _timed_step(model, x, y, step, opt)
+        base = Step(vanilla_config(cfg), None, None, info.num_classes, generator, run.aug_mode)
+        vanilla = min(_timed_step(model, x, y, base, opt)[0] for _ in range(3))
         report.update(step_seconds=seconds, vanilla_step_seconds=vanilla, measured_ratio=seconds / vanilla,
                       full_run_hours=seconds * cfg.optim.batch_size / batch * report["total_steps"] / 3600)
     return report

@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pagrob import guards
+from pagrob import console, guards
+from pagrob.accuracy import clean_accuracy, predict
 from pagrob.attacks import PGD
 from pagrob.attacks.library import COMPONENTS, LibraryAttack, components_for, get_version
-from pagrob.config import EvalConfig
-from pagrob.losses import class_input_gradients, cosine_per_target, sample_target_classes
-from pagrob.targets import TargetSource
+from pagrob.config import Config, EvalConfig
+from pagrob.data import Dataset
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score, alignment_scores
+from pagrob.devices import resolve_device
+from pagrob.files import write_json
+from pagrob.targets import TargetSource, make_source, reference_source_name
 
 Attack = Callable[[Tensor, Tensor], Tensor]
 ATTACKS = ("autoattack", "pgd") + COMPONENTS
 # RobustBench's CIFAR-10 radii, the defaults wherever the inputs are images in [0, 1].
 ROBUSTBENCH_EPS = {"l2": 0.5, "linf": 8 / 255}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    return (predict(model, x, batch_size) == y).float().mean().item()
 
 
 class _Tally:
@@ -89,8 +85,8 @@ def run_sequence(model: nn.Module, x: Tensor, y: Tensor, names: list[str], norm:
     for name in names:
         start = time.perf_counter()
         idx = robust.nonzero().squeeze(1)
-        bar = tqdm(total=len(idx), desc=f"{name} {norm} eps={eps:g}", unit="img", disable=not progress,
-                   leave=False)
+        bar = console.bar(total=len(idx), desc=f"{name} {norm} eps={eps:g}", unit="img", enabled=progress,
+                          leave=False)
         forwards = [0]
 
         def on_forward(_: int) -> None:
@@ -207,27 +203,6 @@ def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:
     return [e for e in old if key(e) not in fresh] + new
 
 
-def alignment_score(model: nn.Module, x: Tensor, source: TargetSource, num_classes: int, batch_size: int = 128
-                    ) -> float:
-    """Mean cosine between grad_x log p(t | x) and the source's targets, over the images and all classes."""
-    total, count = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].detach().requires_grad_(True)
-        classes = sample_target_classes(len(xb), num_classes, 0, device=x.device)
-        grads = class_input_gradients(model(xb), xb, classes, create_graph=False)
-        cos = cosine_per_target(grads, source(xb.detach(), classes))
-        total += cos.sum().item()
-        count += cos.numel()
-    return total / count
-
-
-def alignment_scores(model: nn.Module, x: Tensor, sources: dict[str, TargetSource], num_classes: int
-                     ) -> dict[str, dict]:
-    """{source name: {cosine, n_images}} on held-out images, one entry per target source."""
-    return {name: {"cosine": alignment_score(model, x, source, num_classes), "n_images": len(x)}
-            for name, source in sources.items()}
-
-
 def default_eps(run, norm: str) -> list[float]:
     """RobustBench's radius for images in [0, 1]; the run's configured radii for unbounded inputs (toy2d)."""
     if run.dataset().bounds is not None:
@@ -237,8 +212,6 @@ def default_eps(run, norm: str) -> list[float]:
 
 def default_alignment_sources(run) -> list[str]:
     """The run's own target source (when it trained with one) and the dataset's reference source."""
-    from pagrob.targets import reference_source_name
-
     own = [] if run.config.pag.source == "none" else [run.config.pag.source]
     return list(dict.fromkeys(own + [reference_source_name(run.config.data.name)]))
 
@@ -250,11 +223,6 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
 
     Returns the new robust_accuracy entries (`summary_line` gives each one line for the screen).
     """
-    import copy
-
-    from pagrob.runs import write_json
-    from pagrob.train import ALIGNMENT_IMAGES, make_source, resolve_device
-
     if norm not in ROBUSTBENCH_EPS:
         raise ValueError(f"norm must be l2 or linf, got '{norm}'")
     if attack not in ATTACKS:
@@ -274,9 +242,7 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
         entries.append(entry)
     sources = {}
     for name in alignment if alignment is not None else default_alignment_sources(run):
-        cfg = copy.deepcopy(run.config)
-        cfg.pag.source = name
-        sources[name] = make_source(cfg, data).to(device)
+        sources[name] = make_source(name, run.config.pag, data).to(device)
     x_align = data.x_test[:ALIGNMENT_IMAGES].to(device)
     results = run.results
     if "clean_accuracy" not in results:  # an imported checkpoint's first evaluation
@@ -287,3 +253,24 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
                                    **alignment_scores(model, x_align, sources, data.num_classes)}
     write_json(run.path / "results.json", results)
     return entries
+
+
+def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
+                       train_seconds: float, progress: bool = True) -> dict:
+    """Clean accuracy on the whole test split, PGD on the first eval.n test images, alignment; results.json."""
+    n = cfg.eval.n or len(data.x_test)
+    x, y = data.x_test[:n], data.y_test[:n]
+    results = {
+        "dataset": data.name,
+        "test_split": data.test_split,
+        "method": cfg.method,
+        "name": cfg.name,
+        "clean_accuracy": clean_accuracy(model, data.x_test, data.y_test),
+        "n_test": len(data.x_test),
+        "robust_accuracy": pgd_results(model, x, y, cfg.eval, data.bounds, progress),
+        "alignment": {"source": align_source.name,
+                      "cosine": alignment_score(model, x[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
+        "train_seconds": train_seconds,
+    }
+    write_json(out / "results.json", results)
+    return results

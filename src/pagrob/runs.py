@@ -11,30 +11,17 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pagrob.config import Config, ConfigError, load_config
+from pagrob.config import Config, load_config
+from pagrob.data import Dataset, load_dataset
+from pagrob.errors import ConfigError, RunError
+from pagrob.files import write_json
 from pagrob.models import build_model
-
-
-class RunError(ValueError):
-    """A run folder that is missing files or does not hold what it should."""
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename) so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model(model: nn.Module, out: Path, arch: str, input_shape: tuple[int, ...], num_classes: int,
@@ -66,11 +53,6 @@ def read_results(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 @dataclass
 class Run:
     """A finished run: `.model` (eval mode, raw inputs -> logits), `.config`, `.path`, `.results`."""
@@ -83,9 +65,7 @@ class Run:
     def results(self) -> dict:
         return read_results(self.path)
 
-    def dataset(self):
-        from pagrob.data import load_dataset
-
+    def dataset(self) -> Dataset:
         return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download,
                             self.config.data.holdout, self.config.data.train_n)
 

@@ -23,16 +23,18 @@ import torch
 import yaml
 
 from pagrob.attacks.library import get_version
-from pagrob.config import Config, ConfigError, from_dict, set_key, to_dict, validate
+from pagrob.config import Config, from_dict, set_key, to_dict, validate
 from pagrob.data import Dataset, load_dataset
-from pagrob.diffusion.commands import source_spec
 from pagrob.dryrun import dry_run
+from pagrob.errors import ConfigError, RunError
 from pagrob.evaluate import ROBUSTBENCH_EPS, evaluate_run, summary_line
+from pagrob.files import write_json
+from pagrob.pipeline import train_and_evaluate
 from pagrob.report import write_report
-from pagrob.runs import RunError, load_run, read_results, write_json
-from pagrob.targets import build_source
+from pagrob.runs import load_run, read_results
+from pagrob.targets import STORE_PREFIX, build_source, source_spec
 from pagrob.targets.store import build_store
-from pagrob.train import finished, train
+from pagrob.train import finished
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # presets ship with the source checkout
 DATASETS = ("cifar10",)
@@ -150,7 +152,7 @@ def _with_store(run: StudyRun) -> Config:
     """The config the run trains with: its `smooth` targets read from the study's store."""
     cfg = copy.deepcopy(run.cfg)
     if run.store is not None:
-        cfg.pag.source = f"store:{run.store}"
+        cfg.pag.source = f"{STORE_PREFIX}{run.store}"
     return cfg
 
 
@@ -218,7 +220,7 @@ def run_study(study: Study, out: Path, progress: bool = True) -> Path:
             _say(f"[{i}/{len(study.runs)}] {run.name}: trained earlier, kept")
         else:
             _say(f"[{i}/{len(study.runs)}] {run.name}: training ({run.cfg.method})")
-            train(_with_store(run), run_dir, progress=progress, data=data, resume=True)
+            train_and_evaluate(_with_store(run), run_dir, progress=progress, data=data, resume=True)
         _evaluate(study, run_dir, progress)
     _say("pictures and report")
     report = write_report(run_dirs, out, f"pagrob study: {cfg.data.name}", _notes(study, data,

@@ -22,9 +22,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score  # noqa: E402
 from pagrob.config import Config, ConfigError, load_config, to_dict  # noqa: E402
 from pagrob.dryrun import passes_per_image  # noqa: E402
-from pagrob.runs import load_run, read_results, write_json  # noqa: E402
+from pagrob.files import write_json  # noqa: E402
+from pagrob.pipeline import train_and_evaluate  # noqa: E402
+from pagrob.runs import load_run, read_results  # noqa: E402
+from pagrob.targets import build_source, reference_source_name  # noqa: E402
 
 
 @dataclass
@@ -103,10 +107,6 @@ def _done(out: Path, cfg: Config) -> bool:
 def summarize(run: PlannedRun, run_dir: Path, align_source: str | None) -> dict:
     """One row of the sweep: the grid values, accuracies, alignment against one common source (on the held-out
     alignment images) and training compute."""
-    from pagrob.evaluate import alignment_score
-    from pagrob.targets import build_source, reference_source_name
-    from pagrob.train import ALIGNMENT_IMAGES
-
     results = read_results(run_dir)
     trained = load_run(run_dir)
     data = trained.dataset()
@@ -199,8 +199,6 @@ def sweep_table(rows: list[dict]) -> str:
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], extras: list[list[str]], out: Path,
               progress: bool = True, align_source: str | None = None) -> Path:
     """Train every run of the grid (and the extras) into `out/<run>/`, then write `out/sweep.md` and figures."""
-    from pagrob.train import train
-
     runs = plan(config, overrides, parse_grid(grid_items), extras)
     out.mkdir(parents=True, exist_ok=True)
     for i, run in enumerate(runs):
@@ -210,7 +208,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
             continue
         if progress:
             print(f"[sweep] {i + 1}/{len(runs)} {run.name} ({run.cfg.method})", flush=True)
-        train(run.cfg, out / run.name, progress)
+        train_and_evaluate(run.cfg, out / run.name, progress)
     rows = [summarize(run, out / run.name, align_source) for run in runs]
     write_json(out / "sweep.json", rows)
     first, second = plot_sweep(rows, out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,87 +20,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from pagrob import checkpoint, distributed
-from pagrob.attacks import PGD
-from pagrob.attacks.trades import TradesAdversary
-from pagrob.config import Config, ConfigError, PagConfig, save_config, to_dict
+from pagrob import checkpoint, console, distributed
+from pagrob.accuracy import clean_accuracy
+from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
+from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
-from pagrob.data.augment import augment, resolve_mode
-from pagrob.evaluate import alignment_score, clean_accuracy, pgd_results
+from pagrob.data.augment import augment
+from pagrob.devices import resolve_device
+from pagrob.errors import RunError
 from pagrob.losses import pag_objective, sample_target_classes
-from pagrob.models import build_model, default_arch
-from pagrob.runs import RunError, save_model, write_json
+from pagrob.parts import Adversary, assemble, check_against_data
+from pagrob.runs import save_model
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
-ALIGNMENT_IMAGES = 256  # held-out images used to score alignment each epoch
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but no GPU is visible to PyTorch; use --set device=cpu "
-                          "(or device=auto)")
-    return torch.device(name)
-
-
-def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of training images; for points, per-coordinate mean and one shared std.
-
-    A shared std keeps angles in the plane: per-coordinate scaling would tilt what "perpendicular to the
-    data" means to the network.
-    """
-    if x.dim() == 4:
-        return x.mean([0, 2, 3]).tolist(), x.std([0, 2, 3]).clamp_min(1e-6).tolist()
-    spread = float((x - x.mean(0)).std().clamp_min(1e-6))
-    return x.mean(0).tolist(), [spread] * x.shape[1]
-
-
-def build_classifier(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
-    """The configured network for this dataset, its first layer standardising inputs (or not)."""
-    arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
-    mean, std = channel_stats(data.x_train) if cfg.model.normalize == "data" else (None, None)
-    if mean is None:
-        channels = data.input_shape[0]
-        mean, std = [0.0] * channels, [1.0] * channels
-    return build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std), arch
-
-
-def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def make_source(cfg: Config, data: Dataset) -> TargetSource | None:
-    if cfg.pag.source == "none":
-        return None
-    if cfg.pag.source.startswith("store:"):
-        from pagrob.targets.store import open_store  # the sharded on-disk store
-
-        return open_store(Path(cfg.pag.source[6:]), data)
-    return build_source(cfg.pag.source, cfg.pag, data)
-
-
-def check_against_data(cfg: Config, data: Dataset) -> None:
-    """Config checks that need the dataset, before any long work."""
-    if cfg.pag.k > data.num_classes:
-        raise ConfigError(f"pag.k = {cfg.pag.k} is larger than the number of classes of {data.name} "
-                          f"({data.num_classes}); use 0 for all classes")
-
-
-def _adversary(cfg: Config, model: nn.Module, bounds, generator: torch.Generator
-               ) -> PGD | TradesAdversary | None:
-    a = cfg.adv
-    if a.method == "none":
-        return None
-    if a.method == "trades":
-        return TradesAdversary(model, a.norm, a.eps, a.steps, a.step_size, bounds=bounds, generator=generator)
-    return PGD(model, a.norm, a.eps, a.steps, a.step_size, a.random_start, bounds=bounds, generator=generator)
 
 
 def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
@@ -110,15 +43,28 @@ def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
     return pag.lam * (pag.lam_warmup_scale if epoch < pag.lam_warmup_fraction * epochs else 1.0)
 
 
-def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: TargetSource | None,
-               adversary: PGD | TradesAdversary | None, index: Tensor, num_classes: int,
-               generator: torch.Generator, aug_mode: str, lam: float | None = None
+@dataclass
+class Step:
+    """What every training step of a run shares besides the model and the batch."""
+
+    cfg: Config
+    source: TargetSource | None
+    adversary: Adversary | None
+    num_classes: int
+    generator: torch.Generator  # this rank's stream for per-image draws: target classes, noise, augmentation
+    aug_mode: str
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step, lam: float | None = None
                ) -> tuple[Tensor, dict[str, float]]:
-    """The loss of one batch and its parts for logging. `lam` (default cfg.pag.lam) is this epoch's PAG weight.
+    """The loss of one batch (training-set positions `index`) and its parts for logging. `lam` (default
+    cfg.pag.lam) is this epoch's PAG weight.
 
     PGD-AT: CE at the adversary. TRADES: CE at x + beta * KL(p(x) || p(x')). The PAG term is taken at x, or
     at x + N(0, pag.noise^2 I) with the targets queried there too (the noise is cropped and flipped with x).
     """
+    cfg, source, adversary, generator, aug_mode = step.cfg, step.source, step.adversary, step.generator, step.aug_mode
+    num_classes = step.num_classes
     lam = cfg.pag.lam if lam is None else lam
     targets = classes = noise = None
     if source is not None and lam > 0:
@@ -141,7 +87,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, cfg: Config, source: Targ
     logits_clean = None
     if targets is not None:
         at = x if noise is None else x + noise
-        logits_at, pag, cos = pag_objective(model, at, targets, classes)  # one class's graph at a time
+        logits_at, pag, cos = pag_objective(model, at, targets, classes, cfg.pag.step)
         logits_clean = logits_at if noise is None else None  # the cross-entropy is taken at the clean images
         parts["pag"], parts["cos"] = pag.item(), cos.mean().item()
     else:
@@ -180,6 +126,7 @@ class Trained:
     arch: str
     align_source: TargetSource
     seconds: float
+    data: Dataset | None = None  # the dataset on the run's device (set by `train`)
 
 
 def _stream_seed(seed: int, rank: int, stream: int) -> int:
@@ -193,28 +140,38 @@ def _batch_starts(n: int, batch_size: int, world: int) -> list[int]:
 
 
 def _note(message: str) -> None:
-    print(f"pagrob: {message}", file=sys.stderr)
+    console.line(f"pagrob: {message}")
 
 
 def _config_differences(saved: dict, cfg: Config) -> list[str]:
     """'key: saved -> now' for every key (device aside: a run may move machines) that differs from the checkpoint's."""
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in tree.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
-
-    old, new = flat(saved), flat(json.loads(json.dumps(to_dict(cfg))))
+    old, new = flatten(saved), flatten(json.loads(json.dumps(to_dict(cfg))))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k != "device" and old.get(k) != new.get(k)]
 
 
-def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress, order_gen: torch.Generator,
-                     draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, seconds: float) -> None:
+@dataclass
+class _Saved:
+    """What a checkpoint holds besides the progress: weights, optimizer, schedule and random streams, and where
+    it goes."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    order_gen: torch.Generator
+    draw_gen: torch.Generator
+    cfg: Config
+    ctx: distributed.Context
+    folder: Path
+
+
+def _save_checkpoint(s: _Saved, prog: Progress, seconds: float) -> None:
     """Every rank calls this (it gathers their random states and sums); rank 0 writes the checkpoint.
 
     Weights that are no longer finite are never checkpointed: the last good checkpoint stays the newest.
     """
+    model, opt, sched, order_gen, draw_gen, cfg, ctx, folder = (s.model, s.opt, s.sched, s.order_gen, s.draw_gen,
+                                                                 s.cfg, s.ctx, s.folder)
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise _nonfinite("the weights became NaN or Inf", prog.step, prog.epoch + (1 if prog.batch else 0), folder)
     rng = {"rng.draw": distributed.gather(draw_gen.get_state(), ctx),
@@ -238,10 +195,11 @@ def _save_checkpoint(folder: Path, model: nn.Module, opt, sched, prog: Progress,
     checkpoint.save(folder, prog.step, tensors, state)
 
 
-def _restore(found: tuple[dict[str, Tensor], dict], model: nn.Module, opt, sched, order_gen: torch.Generator,
-             draw_gen: torch.Generator, cfg: Config, ctx: distributed.Context, folder: Path) -> Progress:
+def _restore(found: tuple[dict[str, Tensor], dict], s: _Saved) -> Progress:
     """Load a checkpoint into the fresh model, optimizer, scheduler and random streams; return its progress."""
     tensors, state = found
+    model, opt, sched, order_gen, draw_gen, cfg, ctx, folder = (s.model, s.opt, s.sched, s.order_gen, s.draw_gen,
+                                                                 s.cfg, s.ctx, s.folder)
     if state["world"] != ctx.world:
         raise RunError(f"the checkpoint in {folder} was written by {state['world']} processes, this run has "
                        f"{ctx.world}; resume with --nproc {state['world']}")
@@ -278,6 +236,16 @@ def _nonfinite(what: str, step: int, epoch: int, folder: Path) -> RunError:
                     "Lower optim.lr (or pag.lam), check the data, and train again into a new --out")
 
 
+def _epoch_row(model: nn.Module, data: Dataset, align_source: TargetSource, epoch: int, means: dict[str, float],
+               lr: float, seconds: float) -> dict:
+    """One line of metrics.jsonl: the epoch's mean training parts, test accuracy and alignment, lr, time."""
+    model.eval()
+    return {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
+            "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
+            "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source, data.num_classes),
+            "lr": lr, "seconds": seconds}
+
+
 def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None = None, progress: bool = True,
         resume: bool = False) -> Trained:
     """The training loop alone, on this process's share of each global batch.
@@ -290,27 +258,25 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
         raise ConfigError(f"optim.batch_size = {cfg.optim.batch_size} is the global batch and must be at least the "
                           f"number of processes ({ctx.world})")
     torch.manual_seed(cfg.seed)
-    model, arch = build_classifier(cfg, data)
-    model = model.to(ctx.device)
-    source = make_source(cfg, data)
-    source = source.to(ctx.device) if source is not None else None
-    align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
-    data = data.to(ctx.device)
-    aug_mode = resolve_mode(cfg.data.augment, data.name, data.is_image)
-    opt = make_optimizer(cfg, model)
-    milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     # One permutation stream shared by all ranks; per-rank streams for per-image draws (target classes,
     # augmentation, attack starts) and for the global generator (dropout).
     order_gen = torch.Generator().manual_seed(cfg.seed)
     draw_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, ctx.rank, 1))
+    built = assemble(cfg, data, ctx.device, draw_gen)
+    model, opt, source = built.model, built.optimizer, built.source
+    align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
+    data = data.to(ctx.device)
+    step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
+    milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
 
     folder = out / CHECKPOINTS
+    saved = _Saved(model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
     prog = Progress()
     found = checkpoint.latest(folder) if resume else None
     if found is not None:
-        prog = _restore(found[:2], model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
+        prog = _restore(found[:2], saved)
         if ctx.main:
             for warning in found[2]:
                 _note(warning)
@@ -321,7 +287,6 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
         _start_folder(out, cfg, prog, found is not None)
 
     ddp = distributed.wrap(model, ctx)
-    adversary = _adversary(cfg, model, data.bounds, draw_gen)
     n, every = len(data.x_train), cfg.optim.checkpoint_every
     starts = _batch_starts(n, cfg.optim.batch_size, ctx.world)
     start = time.perf_counter() - prog.seconds
@@ -336,13 +301,12 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             order = prog.order.to(ctx.device)
             lam = lam_at(cfg.pag, epoch, cfg.optim.epochs)
             todo = [i for i in starts if i >= prog.batch]
-            bar = tqdm(todo, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", total=len(starts),
-                       initial=len(starts) - len(todo), disable=not (progress and ctx.main), leave=False)
+            bar = console.bar(todo, enabled=progress and ctx.main, total=len(starts), initial=len(starts) - len(todo),
+                              desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", leave=False)
             for i in bar:
                 idx = order[i:i + cfg.optim.batch_size]
                 local = distributed.local_slice(idx, ctx)
-                loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], cfg, source, adversary,
-                                         local, data.num_classes, draw_gen, aug_mode, lam=lam)
+                loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], local, step, lam=lam)
                 if distributed.any_rank(not math.isfinite(parts["loss"]), ctx):
                     value = parts["loss"] if not math.isfinite(parts["loss"]) else "NaN or Inf in another process"
                     raise _nonfinite(f"the training loss became {value}", prog.step + 1, epoch + 1, folder)
@@ -355,35 +319,28 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 prog.step, prog.batch = prog.step + 1, i + cfg.optim.batch_size
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
                 if every and prog.step % every == 0 and i != starts[-1]:
-                    _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
-                                     time.perf_counter() - start)
+                    _save_checkpoint(saved, prog, time.perf_counter() - start)
             sched.step()
             means = distributed.mean_over_ranks({k: v / len(starts) for k, v in prog.sums.items()}, ctx)
             if ctx.main:
-                model.eval()
-                row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()},
-                       "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-                       "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source,
-                                                         data.num_classes),
-                       "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
+                                 time.perf_counter() - start)
                 prog.rows.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 for k, v in row.items():
                     if k != "epoch" and writer is not None:
                         writer.add_scalar(k, v, epoch + 1)
-                if progress:
-                    tqdm.write(f"{cfg.name} epoch {epoch + 1}: loss {row['train_loss']:.3f} "
-                               f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}")
+                console.line(f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.3f} "
+                             f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
             prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
-            _save_checkpoint(folder, model, opt, sched, prog, order_gen, draw_gen, cfg, ctx,
-                             time.perf_counter() - start)
+            _save_checkpoint(saved, prog, time.perf_counter() - start)
     finally:
         if metrics_file is not None:
             metrics_file.close()
         if writer is not None:
             writer.close()
-    return Trained(model.eval(), arch, align_source, time.perf_counter() - start)
+    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start)
 
 
 def finished(out: Path) -> bool:
@@ -391,16 +348,16 @@ def finished(out: Path) -> bool:
     return (out / "results.json").is_file() and not checkpoint.records(out / CHECKPOINTS)
 
 
-def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = None, resume: bool = False) -> Path:
-    """Train, evaluate and write the run folder `out`. Returns `out`.
+def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = None, resume: bool = False
+          ) -> Trained | None:
+    """Train and save the weights into the run folder `out`; evaluation is `pagrob.evaluate`'s (see
+    `pagrob.pipeline`). Returns the trained model on the process that writes, None on the others.
 
     Under torchrun (WORLD_SIZE > 1) each process trains its slice of every global batch with DDP and rank 0
-    alone writes. `resume` continues from the newest good checkpoint in `out` (a finished run is left as is).
+    alone writes. `resume` continues from the newest good checkpoint in `out`. The checkpoints stay until the
+    run's evaluation is written, so a run killed while being evaluated resumes too.
     """
     device = resolve_device(cfg.device)
-    if resume and finished(out):
-        _note(f"{out} holds a finished run (results.json); nothing to resume")
-        return out
     if not resume and checkpoint.records(out / CHECKPOINTS):
         raise RunError(f"{out} holds an unfinished run (checkpoints in {out / CHECKPOINTS}); continue it with "
                        "--resume, or train into another --out")
@@ -418,33 +375,11 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     if spread > 0:
         raise RunError(f"the {ctx.world} processes ended with different weights (largest difference {spread:g}); "
                        "this is a bug in distributed training")
-    if ctx.main:
-        data = data.to(ctx.device)
-        save_model(trained.model, out, trained.arch, data.input_shape, data.num_classes, cfg.model.width)
-        evaluate_and_write(trained.model, data, cfg, out, trained.align_source, trained.seconds, progress)
-        checkpoint.remove(out / CHECKPOINTS)
-    return out
-
-
-def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
-                       train_seconds: float, progress: bool = True) -> dict:
-    """Clean accuracy on the whole test split, PGD on the first eval.n test images, alignment; results.json."""
-    n = cfg.eval.n or len(data.x_test)
-    x, y = data.x_test[:n], data.y_test[:n]
-    results = {
-        "dataset": data.name,
-        "test_split": data.test_split,
-        "method": cfg.method,
-        "name": cfg.name,
-        "clean_accuracy": clean_accuracy(model, data.x_test, data.y_test),
-        "n_test": len(data.x_test),
-        "robust_accuracy": pgd_results(model, x, y, cfg.eval, data.bounds, progress),
-        "alignment": {"source": align_source.name,
-                      "cosine": alignment_score(model, x[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
-        "train_seconds": train_seconds,
-    }
-    write_json(out / "results.json", results)
-    return results
+    if not ctx.main:
+        return None
+    trained.data = data.to(ctx.device)
+    save_model(trained.model, out, trained.arch, data.input_shape, data.num_classes, cfg.model.width)
+    return trained
 
 
 def _summary_writer(out: Path, first_epoch: int):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-class PerturbationError(AssertionError):
-    """An adversarial example outside its eps-ball or the valid input range: the attack is buggy."""
+from pagrob.errors import PerturbationError
 
 
 def norms(delta: Tensor, norm: str) -> Tensor:

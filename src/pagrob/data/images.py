@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pagrob.data.base import Dataset, DatasetError
+from pagrob.data.base import Dataset
+from pagrob.errors import DatasetError
 
 TORCHVISION = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", 10),
@@ -24,6 +25,7 @@ CIFAR10_SPLITS = {"x_train", "y_train", "x_test", "y_test"}
 
 def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 1,797 8x8 digits (shipped with the package), stratified seeded split."""
+    # heavy optional libraries are imported by the loader that needs them, so other datasets do not pay for them
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 

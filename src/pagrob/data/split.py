@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pagrob.data.base import Dataset, DatasetError
+from pagrob.data.base import Dataset
+from pagrob.errors import DatasetError
 
 HOLDOUT_SEED = 0  # fixed, so every run of a study holds out the same images
 

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import torch
 
+from pagrob.config import PagConfig
 from pagrob.data import load_dataset
 from pagrob.diffusion.models import load_score_model
 from pagrob.diffusion.train import ScoreTrainConfig, small_model_threads, train_score_model
+from pagrob.targets import source_spec
+from pagrob.targets.score_based import ScoreBased
+from pagrob.targets.store import build_store
 
 TOY_T = 199  # noise level 20 (see benchmarks/sbg_toy.py for why not 5)
 DIGITS_T = 300  # DDPM timestep: noise std 0.62 in pixel units; targets that move a digit into class t
@@ -28,11 +32,6 @@ DIGITS_SBG = ["pag.source=store:{assets}/sbg-digits"]
 
 def prepare(assets: Path, dataset: str, device: torch.device | str = "cpu", progress: bool = True) -> None:
     """Train the score model of `dataset` (toy2d or digits) and, for digits, build its SBG store (draws = 0)."""
-    from pagrob.config import PagConfig
-    from pagrob.diffusion.commands import source_spec
-    from pagrob.targets.score_based import ScoreBased
-    from pagrob.targets.store import build_store
-
     data = load_dataset(dataset)
     if dataset == "toy2d":
         train_score_model(data, assets / "score-toy2d", TOY_SCORE, device, progress)

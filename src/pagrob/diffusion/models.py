@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from pagrob.config import ConfigError
+from pagrob.errors import ConfigError
 
 META_FILE = "score_model.json"
 
@@ -160,7 +160,7 @@ class UNetScore(ScoreModel):
     def create(cls, num_classes: int, input_shape: tuple[int, ...], width: int = 32, dataset: str = ""
                ) -> "UNetScore":
         """A small UNet sized to the images: two resolutions below 16 px, three (with attention) above."""
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import DDPMScheduler, UNet2DModel  # heavy; only image score models need it
 
         channels, size = input_shape[0], input_shape[-1]
         if size <= 16:
@@ -198,7 +198,7 @@ class UNetScore(ScoreModel):
 
     @classmethod
     def load(cls, path: Path, meta: dict | None) -> "UNetScore":
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import DDPMScheduler, UNet2DModel  # heavy; only image score models need it
 
         unet = UNet2DModel.from_pretrained(str(path / "unet"), use_safetensors=True, low_cpu_mem_usage=False)
         scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))

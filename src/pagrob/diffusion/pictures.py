@@ -11,6 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from pagrob.runs import load_run  # noqa: E402
+from pagrob.targets import make_source  # noqa: E402
+
 
 
 def class_mean_agreement(targets: Tensor, x: Tensor, x_train: Tensor, y_train: Tensor) -> float:
@@ -58,16 +61,13 @@ def plot_targets(x: Tensor, y: Tensor, targets: Tensor, out: Path, title: str, s
 
 def sbg_figures(run_dirs: list[Path], out_dir: Path, images: int = 5) -> list[tuple[str, Path]]:
     """(caption, PNG) of the SBG targets of the first image run trained on SBG (directly or from a store)."""
-    from pagrob.runs import load_run
-    from pagrob.train import make_source
-
     for d in run_dirs:
         run = load_run(d)
         source_name = run.config.pag.source
         if source_name != "sbg" and not source_name.startswith("store:"):
             continue
         data = run.dataset()
-        source = make_source(run.config, data)
+        source = make_source(source_name, run.config.pag, data)
         if not data.is_image or "sbg" not in source.name:
             continue
         x, y = data.x_test[:images], data.y_test[:images]

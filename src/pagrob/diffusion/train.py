@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pagrob import console
 from pagrob.data import Dataset
 from pagrob.diffusion.models import META_FILE, ScoreModel, ScoreModelError, ToyScoreMLP, UNetScore
 
@@ -170,7 +170,9 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
         tmp.replace(out / CHECKPOINT)
         ema.save(out)
 
-    bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc=f"score model {data.name}", disable=not progress)
+    bar = console.bar(total=cfg.steps, initial=min(step, cfg.steps), desc=f"score model {data.name}",
+                      enabled=progress)
+    every = max(1, cfg.steps // 10)  # off a terminal: a line every tenth of the steps
     model.train()
     with small_model_threads(model, device):
         while step < cfg.steps:
@@ -192,6 +194,8 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
                     e.lerp_(p, 1 - decay)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % every == 0 and not console.interactive():
+                console.line(f"score model {data.name}: step {step}/{cfg.steps}, loss {loss.item():.4f}", progress)
             if step % save_every == 0 or step == cfg.steps:
                 save()
     bar.close()

@@ -1,11 +1,15 @@
-"""`build_model(arch, ...)`: the name -> module dispatch and the normalising wrapper."""
+"""`build_model(arch, ...)`: the architecture registry, the name -> module dispatch and the normalising wrapper."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from pagrob.errors import ConfigError
+from pagrob.models.nets import MLP, SmallCNN, resnet18, vit
 
 
 class Normalize(nn.Module):
@@ -40,27 +44,38 @@ def default_arch(input_shape: Sequence[int]) -> str:
     return "cnn" if input_shape[-1] <= 16 else "resnet18"
 
 
+@dataclass(frozen=True)
+class ArchEntry:
+    summary: str  # one line for the CLI's help
+    images: bool  # takes (C, H, W) images; otherwise flat vectors
+    build: Callable[[Sequence[int], int, int], nn.Module]  # (input_shape, num_classes, width)
+
+
+# The one list of architectures: config validation, the CLI and `build_model` read it; a new network is one entry.
+ARCHS: dict[str, ArchEntry] = {
+    "mlp": ArchEntry("a ReLU MLP for flat vectors (toy2d)", False, lambda s, c, w: MLP(s[0], c, w)),
+    "cnn": ArchEntry("a small CNN for small images", True, lambda s, c, w: SmallCNN(s[0], c, w, s[1], s[2])),
+    "resnet18": ArchEntry("ResNet-18 with a CIFAR stem", True, lambda s, c, w: resnet18(s[0], c, w)),
+    "vit": ArchEntry("a small vision transformer", True, lambda s, c, w: vit(s[0], c, s[1], w)),
+}
+
+
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: int = 64,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Classifier:
     """Build a classifier for inputs of `input_shape` (without batch). mean/std default to 0.5/0.5 per channel."""
-    from pagrob.models.nets import MLP, SmallCNN, resnet18, vit
-
     arch = default_arch(input_shape) if arch == "auto" else arch
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown model arch '{arch}': use {', '.join(ARCHS)}")
+    entry = ARCHS[arch]
+    if entry.images and len(input_shape) != 3:
+        fits = [a for a, e in ARCHS.items() if not e.images]
+        raise ConfigError(f"{arch} takes images (C, H, W); inputs have shape {tuple(input_shape)} "
+                          f"(use model.arch={' or '.join(fits)})")
+    if not entry.images and len(input_shape) != 1:
+        fits = [a for a, e in ARCHS.items() if e.images]
+        raise ConfigError(f"{arch} takes flat vectors; inputs have shape {tuple(input_shape)} "
+                          f"(use model.arch={', '.join(fits)})")
     channels = input_shape[0]
     mean = list(mean) if mean is not None else [0.5] * channels
     std = list(std) if std is not None else [0.5] * channels
-    if arch == "mlp":
-        if len(input_shape) != 1:
-            raise ValueError(f"mlp takes flat vectors; inputs have shape {tuple(input_shape)} (use cnn, resnet18 or vit)")
-        net: nn.Module = MLP(input_shape[0], num_classes, width)
-    elif len(input_shape) != 3:
-        raise ValueError(f"{arch} takes images (C, H, W); inputs have shape {tuple(input_shape)} (use mlp)")
-    elif arch == "cnn":
-        net = SmallCNN(channels, num_classes, width, input_shape[1], input_shape[2])
-    elif arch == "resnet18":
-        net = resnet18(channels, num_classes, width)
-    elif arch == "vit":
-        net = vit(channels, num_classes, input_shape[1], width)
-    else:
-        raise ValueError(f"unknown model arch '{arch}': use mlp, cnn, resnet18 or vit")
-    return Classifier(Normalize(mean, std), net)
+    return Classifier(Normalize(mean, std), entry.build(input_shape, num_classes, width))

@@ -14,17 +14,20 @@ gets the same targets on every call, in every batch, on the fly or in a store.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from pagrob.diffusion.models import ScoreModel
+from pagrob.diffusion.models import ScoreModel, ScoreModelError, load_score_model
+from pagrob.errors import ConfigError
 from pagrob.targets.base import TargetSource
 
-if TYPE_CHECKING:
+from pagrob.data import Dataset
+
+if TYPE_CHECKING:  # config.py validates against the source registry, so the config type is for annotations only
     from pagrob.config import PagConfig
-    from pagrob.data import Dataset
 
 
 def image_seeds(x: Tensor, seed: int) -> list[int]:
@@ -93,11 +96,8 @@ class ScoreBased(TargetSource):
         return self
 
 
-def open_score_source(cfg: "PagConfig", dataset: "Dataset") -> ScoreBased:
+def open_score_source(cfg: PagConfig, dataset: Dataset) -> ScoreBased:
     """The `sbg` source of a config: its score model, checked against the dataset before any work."""
-    from pagrob.config import ConfigError
-    from pagrob.diffusion import ScoreModelError, load_score_model
-
     try:
         model = load_score_model(cfg.score_model)
     except (ScoreModelError, OSError) as err:
@@ -111,3 +111,18 @@ def open_score_source(cfg: "PagConfig", dataset: "Dataset") -> ScoreBased:
         return ScoreBased(model, cfg.sbg_t, cfg.sbg_draws, cfg.seed)
     except ScoreModelError as err:
         raise ConfigError(f"pag.sbg_t: {err}") from None
+
+
+def _weights_sha256(folder: Path) -> str:
+    """One checksum over a score model's weight files, so a store remembers exactly which model made it."""
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def score_model_settings(pag: PagConfig) -> dict:
+    """The settings that change SBG targets, the score model's weights by checksum."""
+    folder = Path(pag.score_model).resolve()
+    return {"score_model": str(folder), "score_model_sha256": _weights_sha256(folder), "sbg_t": pag.sbg_t,
+            "sbg_draws": pag.sbg_draws, "seed": pag.seed}

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from pagrob.config import ConfigError
+from pagrob import console
+from pagrob.errors import ConfigError
 from pagrob.data import Dataset
-from pagrob.runs import write_json
+from pagrob.files import write_json
 from pagrob.targets.base import TargetSource
 
 FORMAT, VERSION = "pagrob-target-store", 1
@@ -154,8 +154,11 @@ def build_store(out: Path, data: Dataset, source: TargetSource, source_spec: dic
     write_json(manifest_path, manifest)
     per = header["images_per_shard"]
     jobs = [(s, i) for s in splits for i in range(-(-manifest["splits"][s]["n_images"] // per))]
-    bar = tqdm(jobs, desc=f"target store {source_spec['name']}", disable=not progress)
-    for split, i in bar:
+    name = source_spec["name"]
+    bar = console.bar(total=len(jobs), enabled=progress, desc=f"target store {name}")
+    for split, i in console.lines(jobs, max(1, len(jobs) // 10), f"target store {name}: {{done}}/{{total}} shards",
+                                  progress):
+        bar.update(1)
         entry = manifest["splits"][split]
         done = entry["shards"].get(str(i))
         paths = list(_shard_paths(out, split, i))
@@ -168,6 +171,7 @@ def build_store(out: Path, data: Dataset, source: TargetSource, source_spec: dic
         entry["shards"][str(i)] = {"file": paths[0].name, "scale_file": paths[1].name, "start": start, "stop": stop,
                                    "sha256": digest}
         write_json(manifest_path, manifest)
+    bar.close()
     manifest["complete"] = True
     write_json(manifest_path, manifest)
     return out

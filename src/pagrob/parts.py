@@ -1,0 +1,100 @@
+"""The parts of a run, built from its config: classifier, target source, adversary, optimiser, augmentation.
+
+One home for the set-up that training (`pagrob.train.fit`), the dry run, evaluation and the sweep share, so
+they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pagrob.attacks import PGD
+from pagrob.attacks.trades import TradesAdversary
+from pagrob.config import Config
+from pagrob.data import Dataset
+from pagrob.data.augment import resolve_mode
+from pagrob.errors import ConfigError
+from pagrob.models import build_model, default_arch
+from pagrob.targets import TargetSource, make_source
+
+Adversary = PGD | TradesAdversary
+
+
+def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of training images; for points, per-coordinate mean and one shared std.
+
+    A shared std keeps angles in the plane: per-coordinate scaling would tilt what "perpendicular to the
+    data" means to the network.
+    """
+    if x.dim() == 4:
+        return x.mean([0, 2, 3]).tolist(), x.std([0, 2, 3]).clamp_min(1e-6).tolist()
+    spread = float((x - x.mean(0)).std().clamp_min(1e-6))
+    return x.mean(0).tolist(), [spread] * x.shape[1]
+
+
+def build_classifier(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
+    """The configured network for this dataset, its first layer standardising inputs (or not)."""
+    arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
+    mean, std = channel_stats(data.x_train) if cfg.model.normalize == "data" else (None, None)
+    if mean is None:
+        channels = data.input_shape[0]
+        mean, std = [0.0] * channels, [1.0] * channels
+    return build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std), arch
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def make_adversary(cfg: Config, model: nn.Module, bounds: tuple[float, float] | None,
+                   generator: torch.Generator) -> Adversary | None:
+    """The training-time attack of adv.method (none, pgd, trades), its random starts drawn from `generator`."""
+    a = cfg.adv
+    if a.method == "none":
+        return None
+    if a.method == "trades":
+        return TradesAdversary(model, a.norm, a.eps, a.steps, a.step_size, bounds=bounds, generator=generator)
+    return PGD(model, a.norm, a.eps, a.steps, a.step_size, a.random_start, bounds=bounds, generator=generator)
+
+
+def config_source(cfg: Config, data: Dataset) -> TargetSource | None:
+    """The target source a config's pag.source names, made from `data`."""
+    return make_source(cfg.pag.source, cfg.pag, data)
+
+
+def check_against_data(cfg: Config, data: Dataset) -> None:
+    """Config checks that need the dataset, before any long work."""
+    if cfg.pag.k > data.num_classes:
+        raise ConfigError(f"pag.k = {cfg.pag.k} is larger than the number of classes of {data.name} "
+                          f"({data.num_classes}); use 0 for all classes")
+
+
+@dataclass
+class Parts:
+    """What one training step needs besides the batch, all on the run's device."""
+
+    model: nn.Module
+    arch: str
+    source: TargetSource | None
+    adversary: Adversary | None
+    optimizer: torch.optim.Optimizer
+    aug_mode: str
+
+
+def assemble(cfg: Config, data: Dataset, device: torch.device, generator: torch.Generator,
+             targets: Callable[[Config, Dataset], TargetSource | None] = config_source) -> Parts:
+    """The classifier (initialised from the global RNG, so seed it first), then the source `targets` makes,
+    the adversary drawing from `generator`, the optimiser and the augmentation mode."""
+    model, arch = build_classifier(cfg, data)
+    model = model.to(device)
+    source = targets(cfg, data)
+    source = source.to(device) if source is not None else None
+    return Parts(model, arch, source, make_adversary(cfg, model, data.bounds, generator), make_optimizer(cfg, model),
+                 resolve_mode(cfg.data.augment, data.name, data.is_image))
