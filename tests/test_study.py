@@ -81,8 +81,9 @@ def test_dry_run_lists_every_run_its_files_and_cost(tmp_path, cifar_file):
 
 
 def test_paper_dry_run_names_the_missing_sbg_store(tmp_path, capsys):
+    # one target class and small batches keep the eight ResNet-18 timing steps cheap; what is checked is unchanged
     assert main(["study", "cifar10", "--preset", "paper", "--out", str(tmp_path), "--dry-run",
-                 "--data", str(tmp_path / "absent.npz")]) == 0
+                 "--data", str(tmp_path / "absent.npz"), "--set", "pag.k=1", "--set", "optim.batch_size=8"]) == 0
     text = capsys.readouterr().out
     assert "MISSING: stores/cifar10-sbg" in text and "MISSING: " + str(tmp_path / "absent.npz") in text
     assert text.count("resnet18 11.17 M parameters") == 8
