@@ -1,4 +1,4 @@
-"""The `pagrob` command: demo | train | targets | evaluate | visualize | report | sweep | import-checkpoint."""
+"""The `pagrob` command: demo | train | targets | evaluate | visualize | report | sweep | study | import-checkpoint."""
 
 # Each verb imports its library module (and so torch) when it runs, not before: `pagrob --help` stays fast.
 from __future__ import annotations
@@ -139,6 +139,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"sweep report: {path}")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from pagrob.study import dry_run_study, load_study, run_study
+
+    study = load_study(args.preset, Path(args.out), args.data, args.set)
+    if args.dry_run:
+        print(dry_run_study(study, Path(args.out)))
+        return
+    print(f"report: {run_study(study, Path(args.out), progress=not args.quiet)}")
+
+
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from pagrob.checkpoint_import import import_checkpoint
 
@@ -219,6 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: the dataset's reference source)")
     p.add_argument("--out", required=True, help="folder for the runs and sweep.md")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("study", help="train every method on one shared budget, evaluate, draw and report "
+                                      "(continues where it stopped when started again)")
+    p.add_argument("dataset", choices=["cifar10"])
+    p.add_argument("--out", required=True, help="study folder: runs/, stores/, report.md, report.html")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 as an npz file (x_train, y_train, x_test, y_test, uint8 "
+                                                  "NHWC) or torchvision's folder (default: the preset's data.data_dir)")
+    p.add_argument("--preset", default="cpu", help="cpu (default: sized for ~2 h on a 2-core CPU), paper (the "
+                                                   "paper's recipes, for a GPU), or a preset YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every run offline with one synthetic step; print files needed and estimated cost")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("import-checkpoint", help="turn a released checkpoint into a run folder to evaluate")
     p.add_argument("file")

@@ -24,7 +24,9 @@ from pagrob.targets import SOURCES, STORE_PREFIX, source_names
 @dataclass
 class DataConfig:
     name: str = "toy2d"  # a name in pagrob.data.DATASETS, or npz:PATH | folder:PATH (pagrob.data.ROUTES)
-    data_dir: str = "data"
+    data_dir: str = "data"  # torchvision's folder; for cifar10 also an .npz file of CIFAR-10 (see README)
+    holdout: int = 0  # > 0: train on the rest, evaluate on this many held-out training images ("validation")
+    train_n: int = 0  # > 0: train on the first train_n training images (after the holdout) only; 0: all
     download: bool = False  # let torchvision download CIFAR/STL (needs internet)
     augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
 
@@ -41,7 +43,7 @@ class PagConfig:
     source: str = "none"  # none, a name in pagrob.targets.SOURCES, or store:PATH
     lam: float = 1.0  # weight of the PAG term
     k: int = 0  # target classes sampled per image; 0 means all classes
-    sigma: float = 5.0  # noise level of the `exact` toy2d source
+    sigma: float = 5.0  # noise level of the `exact` toy2d source and of the `smooth` (smoothed training set) source
     # std of Gaussian noise added to the images where the PAG term is taken (the model's gradient and the target
     # at the same noisy point, so the gradient field is shaped around the data, not only on it); 0: at the images
     noise: float = 0.0
@@ -266,6 +268,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")
     _check(bool(cfg.eval.pgd_losses) and set(cfg.eval.pgd_losses) <= {"ce", "margin"},
            f"eval.pgd_losses must be a non-empty list of ce and/or margin, got {cfg.eval.pgd_losses}")
+    _check(cfg.data.train_n >= 0, f"data.train_n must be >= 0 (0 = all training images), got {cfg.data.train_n}")
+    _check(cfg.data.holdout >= 0, f"data.holdout must be >= 0 (0 = evaluate on the test split), got {cfg.data.holdout}")
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -58,6 +59,13 @@ class StandInTargets(TargetSource):
 def describe_dataset(cfg: Config) -> tuple[DatasetInfo, Dataset | None]:
     """Shape and size of the configured dataset, and what must be on disk; loads only built-in or user data."""
     name = cfg.data.name
+    if name == "cifar10" and cfg.data.data_dir.endswith(".npz"):
+        shape, n_train, n_test = SHAPES[name]
+        npz = Path(cfg.data.data_dir)
+        if npz.is_file():  # the label arrays are small: the split sizes without reading the images
+            with np.load(npz, allow_pickle=False) as z:
+                n_train, n_test = len(z["y_train"]), len(z["y_test"])
+        return DatasetInfo(name, shape, 10, n_train, n_test, (0.0, 1.0), [(f"{npz} (CIFAR-10 npz)", npz.is_file())]), None
     if name in SHAPES:
         shape, n_train, n_test = SHAPES[name]
         folder = Path(cfg.data.data_dir) / TORCHVISION[name][1]

@@ -276,6 +276,7 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
                           store, progress)
     results = {
         "dataset": data.name,
+        "test_split": data.test_split,
         "method": cfg.method,
         "name": cfg.name,
         "clean_accuracy": clean_ok.float().mean().item(),

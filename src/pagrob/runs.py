@@ -66,7 +66,8 @@ class Run:
         return read_results(self.path)
 
     def dataset(self) -> Dataset:
-        return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download)
+        return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download,
+                            self.config.data.holdout, self.config.data.train_n)
 
     def test_set(self) -> tuple[Tensor, Tensor]:
         """The (x, y) test tensors this run is evaluated on, in order: the first eval.n (all when 0)."""

@@ -361,7 +361,8 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     if not resume and checkpoint.records(out / CHECKPOINTS):
         raise RunError(f"{out} holds an unfinished run (checkpoints in {out / CHECKPOINTS}); continue it with "
                        "--resume, or train into another --out")
-    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    data = data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download, cfg.data.holdout,
+                                cfg.data.train_n)
     check_against_data(cfg, data)
     ctx = distributed.start(device)
     try:

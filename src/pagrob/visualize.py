@@ -93,7 +93,7 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
         axes = panel.subplots(len(x), len(classes) + 1, squeeze=False)
         for i in range(len(x)):
             _show(axes[i, 0], x[i])
-            axes[i, 0].set_ylabel(f"class {int(y[i])}", fontsize=8)
+            axes[i, 0].set_ylabel(data.classes[int(y[i])] if data.classes else f"class {int(y[i])}", fontsize=8)
             for j, c in enumerate(classes):
                 ax = axes[i, j + 1]
                 _show(ax, pushed[i, j])
@@ -102,7 +102,7 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
                         side.set(color="red", linewidth=1.5)
         axes[0, 0].set_title("input", fontsize=8)
         for j, c in enumerate(classes):
-            axes[0, j + 1].set_title(f"→ {c}", fontsize=8)
+            axes[0, j + 1].set_title(f"→ {data.classes[c] if data.classes else c}", fontsize=8)
         panel.suptitle(f"{run.config.name} ({run.config.method})", fontsize=10)
     for panel in panels[len(runs):]:
         panel.set_visible(False)

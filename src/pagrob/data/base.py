@@ -20,6 +20,9 @@ class Dataset:
     num_classes: int
     # Valid input range for attacks and checks: (0, 1) for images, None for unbounded toy points.
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    classes: tuple[str, ...] = ()  # class names for pictures and reports; empty: shown by number
+    # what x_test/y_test are: "test", or "validation" when held out of the training images (`data.holdout`)
+    test_split: str = "test"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -31,4 +34,4 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                       self.y_test.to(device), self.num_classes, self.bounds)
+                       self.y_test.to(device), self.num_classes, self.bounds, self.classes, self.test_split)

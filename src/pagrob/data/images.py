@@ -19,6 +19,8 @@ TORCHVISION = {
     "cifar100": ("CIFAR100", "cifar-100-python", 100),
     "stl10": ("STL10", "stl10_binary", 10),
 }
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_SPLITS = {"x_train", "y_train", "x_test", "y_test"}
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
@@ -35,7 +37,13 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
                    torch.from_numpy(x_te), torch.from_numpy(y_te).long(), num_classes=10)
 
 
-def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
+def uint8_nhwc_to_unit(images: np.ndarray) -> Tensor:
+    """uint8 0-255 NHWC -> float32 NCHW in [0, 1]: the one conversion for CIFAR, from torchvision or from an npz."""
+    return torch.from_numpy(np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)))).float().div_(255)
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool
+                       ) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     import torchvision.datasets as tvd
 
     cls_name, folder, _ = TORCHVISION[name]
@@ -47,15 +55,55 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> tu
         how = ("rerun with --set data.download=true on a machine with internet access, or copy the "
                f"official archive's extracted folder '{folder}' into {root}/")
         raise DatasetError(f"{name} not found in {root}/{folder} ({str(err).splitlines()[0]}): {how}") from None
-    data = ds.data if name == "stl10" else np.transpose(ds.data, (0, 3, 1, 2))
-    labels = ds.labels if name == "stl10" else ds.targets
-    return torch.from_numpy(np.ascontiguousarray(data)).float().div_(255), torch.as_tensor(np.asarray(labels)).long()
+    labels = torch.as_tensor(np.asarray(ds.labels if name == "stl10" else ds.targets)).long()
+    images = (torch.from_numpy(np.ascontiguousarray(ds.data)).float().div_(255) if name == "stl10"
+              else uint8_nhwc_to_unit(ds.data))
+    return images, labels, tuple(ds.classes)
 
 
 def load_torchvision(name: str, root: Path, download: bool = False) -> Dataset:
-    x_tr, y_tr = _torchvision_split(name, root, True, download)
-    x_te, y_te = _torchvision_split(name, root, False, download)
-    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=TORCHVISION[name][2])
+    x_tr, y_tr, classes = _torchvision_split(name, root, True, download)
+    x_te, y_te, _ = _torchvision_split(name, root, False, download)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=TORCHVISION[name][2], classes=classes)
+
+
+def _cifar10_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why these arrays are not CIFAR-10 (one clause), or None when they are."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            return f"x_{split} is {x.dtype} {x.shape}, not uint8 (N, 32, 32, 3) images"
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            return f"y_{split} is {y.dtype} {y.shape}, not {len(x)} integer labels"
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            return f"y_{split} holds labels {y.min()}..{y.max()}, outside CIFAR-10's 0..9"
+    present = len(np.unique(arrays["y_train"]))
+    if present != len(CIFAR10_CLASSES):
+        return f"y_train holds {present} classes, not CIFAR-10's 10"
+    names = arrays.get("classes")
+    if names is not None and tuple(str(c) for c in names) != CIFAR10_CLASSES:
+        return f"its class names {tuple(str(c) for c in names)} are not CIFAR-10's {CIFAR10_CLASSES}"
+    return None
+
+
+def load_cifar10_npz(path: Path) -> Dataset:
+    """CIFAR-10 from an npz of uint8 NHWC arrays (x_train, y_train, x_test, y_test, optional classes), refused
+    unless it is shaped and labelled like CIFAR-10; the tensors are those torchvision's CIFAR10 gives."""
+    if not path.is_file():
+        raise DatasetError(f"CIFAR-10 file not found: {path} (give data.data_dir an existing .npz, or a folder "
+                           "for torchvision's copy)")
+    with np.load(path, allow_pickle=False) as z:
+        missing = CIFAR10_SPLITS - set(z.files)
+        if missing:
+            raise DatasetError(f"{path} is not a CIFAR-10 file: it lacks the arrays {sorted(missing)} "
+                               "(it needs x_train, y_train, x_test, y_test)")
+        arrays = {k: z[k] for k in z.files if k in CIFAR10_SPLITS | {"classes"}}
+    problem = _cifar10_problem(arrays)
+    if problem:
+        raise DatasetError(f"{path} is not CIFAR-10: {problem}")
+    return Dataset("cifar10", uint8_nhwc_to_unit(arrays["x_train"]), torch.from_numpy(arrays["y_train"].astype(np.int64)),
+                   uint8_nhwc_to_unit(arrays["x_test"]), torch.from_numpy(arrays["y_test"].astype(np.int64)),
+                   num_classes=10, classes=CIFAR10_CLASSES)
 
 
 def to_unit_nchw(images: np.ndarray, what: str) -> Tensor:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pagrob.data import images, toy2d
+from pagrob.data import images, split, toy2d
 from pagrob.data.base import Dataset
 from pagrob.errors import DatasetError
 
@@ -25,6 +25,9 @@ DATASETS: dict[str, DatasetEntry] = {
     **{name: DatasetEntry(f"torchvision {spec[0]} under data.data_dir",
                           lambda d, dl, name=name: images.load_torchvision(name, d, dl))
        for name, spec in images.TORCHVISION.items()},
+    "cifar10": DatasetEntry("torchvision CIFAR-10 under data.data_dir, or data.data_dir=FILE.npz of CIFAR-10 itself",
+                            lambda d, dl: images.load_cifar10_npz(d) if d.suffix == ".npz"
+                            else images.load_torchvision("cifar10", d, dl)),
 }
 
 ROUTES: dict[str, DatasetEntry] = {
@@ -51,10 +54,21 @@ def known_dataset(name: str) -> bool:
     return name in DATASETS or (prefix in ROUTES and bool(path))
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False) -> Dataset:
-    """Load a dataset by name (see `DATASETS`) or route (`npz:PATH`, `folder:PATH`; see `ROUTES`)."""
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, holdout: int = 0,
+                 train_n: int = 0) -> Dataset:
+    """Load a dataset by name (see `DATASETS`) or route (`npz:PATH`, `folder:PATH`; see `ROUTES`).
+
+    `holdout` > 0 makes the test split a validation split carved from the training images; `train_n` > 0 then
+    keeps only the first train_n training images (a small budget's training set).
+    """
+    data = _load(name, Path(data_dir), download)
+    data = split.hold_out(data, holdout) if holdout else data
+    return split.first_training_images(data, train_n) if train_n else data
+
+
+def _load(name: str, data_dir: Path, download: bool) -> Dataset:
     if name in DATASETS:
-        return DATASETS[name].load(Path(data_dir), download)
+        return DATASETS[name].load(data_dir, download)
     prefix, _, path = name.partition(":")
     if prefix in ROUTES and path:
         return ROUTES[prefix].load(Path(path), download)

@@ -15,6 +15,7 @@ from pagrob.targets.base import TargetSource
 from pagrob.targets.exact import ExactToy
 from pagrob.targets.heuristic import ClassMean, NearestNeighbor, OneImage
 from pagrob.targets.score_based import open_score_source, score_model_settings
+from pagrob.targets.smoothed import SmoothedTrainingSet
 from pagrob.targets.store import open_store
 
 if TYPE_CHECKING:  # config.py reads this registry to validate names, so it is imported for types only
@@ -48,11 +49,14 @@ SOURCES: dict[str, SourceEntry] = {
     "exact": SourceEntry("the closed-form score of the noisy toy2d mixture", _exact, lambda pag: {"sigma": pag.sigma}),
     "sbg": SourceEntry("score-based gradients of a class-conditional diffusion model (pag.score_model)",
                        open_score_source, score_model_settings),
+    "smooth": SourceEntry("the exact score of the Gaussian-smoothed training set (pag.sigma)", lambda pag, d:
+                          SmoothedTrainingSet(d.x_train, d.y_train, d.num_classes, pag.sigma),
+                          lambda pag: {"sigma": pag.sigma}),
 }
 
 
 def source_names() -> str:
-    """'oi, cm, nn, exact or sbg', for messages."""
+    """'oi, cm, nn, exact, sbg or smooth', for messages."""
     names = list(SOURCES)
     return f"{', '.join(names[:-1])} or {names[-1]}"
 

@@ -1,0 +1,131 @@
+"""`pagrob study cifar10`: presets load and differ only in the objective, the dry run, and the whole pipeline
+end to end (smoke preset, a synthetic CIFAR-10 file) including resuming and refusing a changed plan."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pagrob.cli import main
+from pagrob.config import ConfigError, to_dict
+from pagrob.data.images import CIFAR10_CLASSES
+from pagrob.runs import RunError
+from pagrob.study import dry_run_study, load_study, run_study
+
+OBJECTIVE = {"name", "pag.source", "adv.method"}  # what may differ between the runs of a cpu or smoke study
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.fixture(scope="module")
+def cifar_file(tmp_path_factory) -> Path:
+    """A CIFAR-10-shaped file of smooth random images (320 train, 40 test), every class present."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "cifar10.npz"
+
+    def images(n):
+        return (rng.random((n, 8, 8, 3)).repeat(4, 1).repeat(4, 2) * 255).astype(np.uint8)
+
+    np.savez(path, x_train=images(320), y_train=np.arange(320) % 10, x_test=images(40), y_test=np.arange(40) % 10,
+             classes=np.array(CIFAR10_CLASSES))
+    return path
+
+
+@pytest.mark.parametrize("preset", ["cpu", "smoke"])
+def test_runs_of_a_study_differ_only_in_their_objective(preset, tmp_path):
+    study = load_study(preset, tmp_path, data="/some/cifar10.npz")
+    names = [r.name for r in study.runs]
+    assert names == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"]
+    trees = [flat(to_dict(r.cfg)) for r in study.runs]
+    differing = {k for t in trees for k in t if t[k] != trees[0][k]}
+    assert differing == OBJECTIVE
+    assert all(r.cfg.data.data_dir == "/some/cifar10.npz" for r in study.runs)
+    assert [r.cfg.method for r in study.runs] == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2",
+                                                  "at-l2+pag-smooth"]
+    stores = {r.store for r in study.runs if r.store is not None}
+    assert len(stores) == 1 and next(iter(stores)).parent == tmp_path / "stores"  # built once, shared by two runs
+
+
+def test_paper_preset_runs_the_papers_recipes(tmp_path):
+    study = load_study("paper", tmp_path)
+    by_name = {r.name: r.cfg for r in study.runs}
+    assert {c.model.width for c in by_name.values()} == {64} and {c.optim.epochs for c in by_name.values()} == {100}
+    assert by_name["pag-cm"].pag.k == 10 and by_name["pag-sbg"].pag.source.startswith("store:")
+    assert by_name["at-l2"].adv.eps == 0.5 and study.version == "standard" and study.n >= 500
+
+
+def test_presets_and_their_mistakes_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="unknown study preset 'gpu'"):
+        load_study("gpu", tmp_path)
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        load_study("smoke", tmp_path, overrides=["optim.lrr=0.1"])
+    bad = tmp_path / "p.yaml"
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {a: [], b: [data.train_n=5]}\n")
+    with pytest.raises(ConfigError, match="share one data section"):
+        load_study(str(bad), tmp_path)
+
+
+def test_dry_run_lists_every_run_its_files_and_cost(tmp_path, cifar_file):
+    text = dry_run_study(load_study("smoke", tmp_path, data=str(cifar_file)), tmp_path)
+    for name in ("vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"):
+        assert f"- {name} (" in text
+    assert f"present: {cifar_file}" in text and "target stores: 1" in text and "estimated total" in text
+    assert not (tmp_path / "runs").exists()  # a dry run trains nothing
+
+
+def test_paper_dry_run_names_the_missing_sbg_store(tmp_path, capsys):
+    # one target class and small batches keep the eight ResNet-18 timing steps cheap; what is checked is unchanged
+    assert main(["study", "cifar10", "--preset", "paper", "--out", str(tmp_path), "--dry-run",
+                 "--data", str(tmp_path / "absent.npz"), "--set", "pag.k=1", "--set", "optim.batch_size=8"]) == 0
+    text = capsys.readouterr().out
+    assert "MISSING: stores/cifar10-sbg" in text and "MISSING: " + str(tmp_path / "absent.npz") in text
+    assert text.count("resnet18 11.17 M parameters") == 8
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory, cifar_file) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    assert main(["--quiet", "study", "cifar10", "--preset", "smoke", "--data", str(cifar_file), "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
+    runs = sorted(p.name for p in (smoke_study / "runs").iterdir())
+    assert runs == sorted(["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"])
+    for name in runs:
+        results = json.loads((smoke_study / "runs" / name / "results.json").read_text())
+        assert results["dataset"] == "cifar10" and results["test_split"] == "test"
+        radii = {(e["norm"], round(e["eps"], 6)) for e in results["robust_accuracy"]}
+        assert radii == {("l2", 0.5), ("linf", round(8 / 255, 6))}
+        assert set(results["alignment_scores"]) == {"cm", "smooth"}
+    for name in ("pag-smooth", "at-l2+pag-smooth"):  # both read the one store the study built
+        source = yaml.safe_load((smoke_study / "runs" / name / "config.yaml").read_text())["pag"]["source"]
+        assert source == f"store:{smoke_study / 'stores' / 'smooth-sigma2'}"
+    assert (smoke_study / "stores").is_dir() and (smoke_study / "report.html").is_file()
+    report = (smoke_study / "report.md").read_text()
+    assert "cifar10_targeted.png" in report and (smoke_study / "cifar10_targeted.png").is_file()
+    assert "Study preset `smoke`" in report
+
+
+def test_a_study_started_again_keeps_what_is_done_and_redoes_what_is_not(smoke_study, cifar_file):
+    kept = smoke_study / "runs" / "vanilla" / "model.safetensors"
+    stamp = kept.stat().st_mtime_ns
+    redo = smoke_study / "runs" / "pag-cm"
+    for f in redo.iterdir():
+        if f.is_file():
+            f.unlink()
+    report = run_study(load_study("smoke", smoke_study, data=str(cifar_file)), smoke_study, progress=False)
+    assert kept.stat().st_mtime_ns == stamp and (redo / "results.json").is_file() and report.is_file()
+
+
+def test_a_changed_plan_is_refused_in_the_same_folder(smoke_study, cifar_file):
+    with pytest.raises(RunError, match="planned differently"):
+        run_study(load_study("smoke", smoke_study, data=str(cifar_file), overrides=["optim.lr=0.2"]), smoke_study,
+                  progress=False)
