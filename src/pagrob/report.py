@@ -243,12 +243,13 @@ def _sections(rows: list[dict], dataset: str) -> list[Section]:
     return sections
 
 
-def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob report", notes: str = "") -> Path:
+def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob report", notes: str = "",
+                 figure_images: int = 4) -> Path:
     """report.md and report.html in out_dir: per dataset the headline figure and summary first, details folded,
     then the pictures and how the numbers were made; returns report.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(d) for d in run_dirs if read_results(Path(d))]
-    figures = make_figures(run_dirs, out_dir) + sbg_figures(run_dirs, out_dir)
+    figures = make_figures(run_dirs, out_dir, figure_images) + sbg_figures(run_dirs, out_dir)
     headline = {c.split(":")[0]: (c, p) for c, p in figures if HEADLINE in c}
     others = [(c, p) for c, p in figures if HEADLINE not in c]
     by_dataset = _by_dataset(run_dirs)

@@ -223,8 +223,8 @@ def run_study(study: Study, out: Path, progress: bool = True) -> Path:
             train_and_evaluate(_with_store(run), run_dir, progress=progress, data=data, resume=True)
         _evaluate(study, run_dir, progress)
     _say("pictures and report")
-    report = write_report(run_dirs, out, f"pagrob study: {cfg.data.name}", _notes(study, data,
-                                                                                  time.perf_counter() - start))
+    notes = _notes(study, data, time.perf_counter() - start)
+    report = write_report(run_dirs, out, f"pagrob study: {cfg.data.name}", notes, study.figure_images)
     _say(f"done in {(time.perf_counter() - start) / 60:.1f} min: {report}")
     return report
 
