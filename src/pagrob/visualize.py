@@ -156,8 +156,8 @@ def plot_gradients(runs: list[Run], data: Dataset, out: Path, n_images: int = 6)
 
 def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
     """The headline: worst-case robust accuracy (over every attack run, per image) against eps from results.json,
-    one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers: a
-    guard failed there."""
+    one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers (and
+    their legend entry, only then): a guard failed there."""
     from matplotlib.lines import Line2D
 
     results = [r for r in (read_results(d) for d in run_dirs) if r]
@@ -183,7 +183,8 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'}: worst case over every attack", fontsize=10)
     handles = [Line2D([], [], color=colours(k % 10), label=r["name"]) for k, r in enumerate(results)]
-    handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
+    if any(p.get("verdict") == "suspect" for w in worst for p in w.values()):
+        handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     datasets = ", ".join(sorted({r["dataset"] for r in results}))
     fig.suptitle(f"{datasets}: {HEADLINE} (ε = 0: clean accuracy on the attacked images)", fontsize=11)
