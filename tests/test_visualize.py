@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pagrob.cli import main
-from pagrob.report import SUSPECT, results_table, summary_table, write_report
+from pagrob.report import SUSPECT, summary_table, write_report
 from pagrob.runs import load_run
 from pagrob.visualize import make_figures, pick_images, targeted_images
 
@@ -73,9 +73,11 @@ def test_report_html_is_self_contained_and_carries_the_tables(runs, tmp_path):
     assert f"<td class=\"{'good' if verdict == 'ok' else 'bad'}\">{verdict}</td>" in html
 
 
-def test_results_table_shows_one_worst_case_per_radius(runs):
-    table = results_table(list(runs))
-    assert "### digits" in table and "### toy2d" in table
+def test_report_summary_shows_one_worst_case_per_radius(runs, tmp_path):
+    text = write_report(list(runs), tmp_path).read_text()
+    assert "## toy2d: clean and worst-case robust accuracy" in text
+    summary = text.split("## digits: clean and worst-case robust accuracy", 1)[1]
+    table = "\n".join(line for line in summary.split("\n\n", 2)[1].splitlines() if line.startswith("|"))
     head = [line for line in table.splitlines() if line.startswith("| run")][0].split(" | ")
     assert head[3:6] == ["L2 0.5", "L2 1", "alignment"] and "train min" in head[-2]
     digits = json.loads((runs[0] / "results.json").read_text())

@@ -205,15 +205,6 @@ def provenance_lines(rows: list[dict]) -> list[str]:
     return lines + [f"settings {text} (at every reported ε)" for text in settings]
 
 
-def results_table(run_dirs: list[Path]) -> str:
-    """One Markdown summary table per dataset: clean, worst-case robust accuracy per radius, alignment, verdict."""
-    parts = []
-    for dataset, rows in _by_dataset(run_dirs).items():
-        table, note = summary_table(rows)
-        parts.append("\n".join([f"### {dataset}", "", markdown_table(table), "", note, ""]))
-    return "\n".join(parts)
-
-
 def _sections(rows: list[dict], dataset: str) -> list[Section]:
     """Every table of one dataset: the summary first, the details folded."""
     table, note = summary_table(rows)

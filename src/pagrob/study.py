@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from pagrob import console
 from pagrob.attacks.library import get_version
 from pagrob.config import Config, from_dict, set_key, to_dict, validate
 from pagrob.data import Dataset, load_dataset
@@ -130,7 +130,7 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
 
 
 def _say(message: str) -> None:
-    print(f"pagrob study: {message}", file=sys.stderr, flush=True)
+    console.line(f"pagrob study: {message}")
 
 
 def _check_plan(out: Path, study: Study) -> None:
