@@ -56,7 +56,7 @@ def test_toy_sweep_writes_one_report_and_reuses_finished_runs(tmp_path, capsys):
     assert all(r["alignment_source"] == "exact" and -1 <= r["alignment"] <= 1 for r in rows)
     assert [r["passes_per_image_step"] for r in rows] == [2, 8, 8]  # PAG: k = 2 classes; AT: 3 steps
     assert rows[1]["passes_total"] == 8 * 6000 * 1
-    assert all("pgd l2 10" in r["robust"] and r["train_seconds"] > 0 for r in rows)
+    assert all("worst L2 10" in r["robust"] and r["train_seconds"] > 0 for r in rows)
     text = (tmp_path / "sweep.md").read_text()
     assert "robust_vs_alignment.png" in text and "robust_vs_compute.png" in text and "| at |" in text
     assert (tmp_path / "robust_vs_alignment.png").stat().st_size > 0

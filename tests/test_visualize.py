@@ -105,3 +105,24 @@ def test_the_caption_warns_only_when_a_guard_failed_and_names_the_runs():
 def test_figures_skip_what_does_not_apply(runs, tmp_path):
     captions = [c for c, _ in make_figures([runs[1]], tmp_path)]
     assert captions == ["toy2d: decision regions", "toy2d: worst-case robust accuracy versus ε"]
+
+
+def test_method_family_groups_what_a_compute_plot_compares():
+    from pagrob.visualize import method_family
+    assert [method_family(m) for m in ("vanilla", "pag-cm", "pag-store", "at-l2", "trades-linf", "at-l2+pag-nn")] \
+        == ["vanilla", "pag", "pag", "at", "at", "at+pag"]
+
+
+def test_robustness_against_compute_is_drawn_once_two_families_are_timed(runs, tmp_path):
+    import shutil
+
+    import yaml
+    pag = tmp_path / "digits-pag"
+    shutil.copytree(runs[0], pag)  # the same weights, labelled as a PAG run: the plot reads method and minutes
+    cfg = yaml.safe_load((pag / "config.yaml").read_text())
+    cfg["pag"]["source"], cfg["name"] = "cm", "digits-pag"
+    (pag / "config.yaml").write_text(yaml.safe_dump(cfg))
+    captions = dict(make_figures([runs[0], pag], tmp_path / "figs"))
+    path = captions["digits: robustness against training compute"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert "digits: robustness against training compute" not in dict(make_figures([runs[0]], tmp_path / "one"))

@@ -119,6 +119,13 @@ def worst_case(store: OutcomeStore, clean_ok: Tensor, norm: str, eps: float) -> 
             "clean_accuracy": clean_ok[:n].float().mean().item(), "attacks": attacks}
 
 
+def radius_label(norm: str, eps: float) -> str:
+    """'L2 0.5', 'L∞ 8/255': radii as papers write them."""
+    if norm == "linf" and eps < 1 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 8/255 and friends
+        return f"L∞ {round(eps * 255)}/255"
+    return f"{'L2' if norm == 'l2' else 'L∞'} {eps:g}"
+
+
 def worst_by_radius(results: dict) -> dict[tuple[str, float], dict]:
     """A results.json's (norm, eps) -> worst case; results without one (older runs) fall back to the lowest entry."""
     found = {(w["norm"], float(w["eps"])): w for w in results.get("worst_case", [])}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pagrob.diffusion.pictures import sbg_figures
-from pagrob.outcomes import worst_by_radius as worst
+from pagrob.outcomes import radius_label, worst_by_radius as worst
 from pagrob.runs import read_results
 from pagrob.visualize import HEADLINE, make_figures
 
@@ -33,12 +33,6 @@ class Section:
     table: Table
     notes: list[str]
     folded: bool = False
-
-
-def _eps_label(norm: str, eps: float) -> str:
-    if norm == "linf" and eps < 1 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 8/255 and friends
-        return f"L∞ {round(eps * 255)}/255"
-    return f"{'L2' if norm == 'l2' else 'L∞'} {eps:g}"
 
 
 def _attack_label(entry: dict) -> str:
@@ -78,7 +72,7 @@ def summary_table(rows: list[dict]) -> tuple[Table, str]:
     """Per run: clean, worst-case robust accuracy at each radius, alignment, training minutes, verdict."""
     radii = sorted({k for r in rows for k in worst(r)})
     sizes = sorted({w["n_examples"] for r in rows for w in worst(r).values()})
-    head = ["run", "method", "clean"] + [_eps_label(*k) for k in radii] + ["alignment", "train min", "verdict"]
+    head = ["run", "method", "clean"] + [radius_label(*k) for k in radii] + ["alignment", "train min", "verdict"]
     body = []
     for r in rows:
         found = worst(r)
@@ -108,7 +102,7 @@ def accuracy_table(rows: list[dict]) -> tuple[Table, str]:
     varied = len({n for v in sizes.values() for n in v}) > 1
     head = ["run", "method", "clean"]
     for c in columns:
-        head.append(f"{c[0]} {_eps_label(c[1], c[2])}" + (f" (n={'/'.join(map(str, sorted(sizes[c])))})"
+        head.append(f"{c[0]} {radius_label(c[1], c[2])}" + (f" (n={'/'.join(map(str, sorted(sizes[c])))})"
                                                           if varied else ""))
     body = []
     for r in rows:
@@ -134,9 +128,9 @@ def guards_table(rows: list[dict]) -> tuple[Table, list[str]]:
             if "guards" not in e:
                 continue
             marks = ["✓" if e["guards"][k]["passed"] else "✗" for k, _ in GUARDS if k in e["guards"]]
-            body.append([r["name"], _attack_label(e), _eps_label(e["norm"], e["eps"]), str(e["n_examples"]),
+            body.append([r["name"], _attack_label(e), radius_label(e["norm"], e["eps"]), str(e["n_examples"]),
                          f"{100 * e['accuracy']:.1f}", *marks, e["verdict"]])
-            reasons += [f"{r['name']}, {_attack_label(e)} {_eps_label(e['norm'], e['eps'])}: {why}"
+            reasons += [f"{r['name']}, {_attack_label(e)} {radius_label(e['norm'], e['eps'])}: {why}"
                         for why in e.get("suspect_reasons", [])]
     return (head, body), reasons
 
@@ -146,7 +140,7 @@ def breakdown_table(rows: list[dict]) -> Table:
     entries = [(r, e) for r in rows for e in r.get("robust_accuracy", []) if e["attack"] == "autoattack"]
     parts = list(dict.fromkeys(k for _, e in entries for k in e.get("breakdown", {})))
     head = ["run", "attack", "ε", "n"] + [("misclassified clean" if k == "clean" else k) for k in parts] + ["robust"]
-    body = [[r["name"], _attack_label(e), _eps_label(e["norm"], e["eps"]), str(e["n_examples"])]
+    body = [[r["name"], _attack_label(e), radius_label(e["norm"], e["eps"]), str(e["n_examples"])]
             + [str(e["breakdown"].get(k, "–")) for k in parts]
             + [str(round(e["accuracy"] * e["n_examples"]))] for r, e in entries]
     return head, body

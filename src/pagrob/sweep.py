@@ -26,6 +26,7 @@ from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score  # noqa: E402
 from pagrob.config import Config, ConfigError, load_config, to_dict  # noqa: E402
 from pagrob.dryrun import passes_per_image  # noqa: E402
 from pagrob.files import write_json  # noqa: E402
+from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
 from pagrob.pipeline import train_and_evaluate  # noqa: E402
 from pagrob.runs import load_run, read_results  # noqa: E402
 from pagrob.targets import build_source, reference_source_name  # noqa: E402
@@ -117,7 +118,7 @@ def summarize(run: PlannedRun, run_dir: Path, align_source: str | None) -> dict:
     return {
         "name": run.name, "method": run.cfg.method, "varied": run.varied, "extra": not run.varied,
         "clean_accuracy": results["clean_accuracy"],
-        "robust": {f"{e['attack']} {e['norm']} {e['eps']:g}": e["accuracy"] for e in results["robust_accuracy"]},
+        "robust": {f"worst {radius_label(norm, eps)}": w["accuracy"] for (norm, eps), w in worst_by_radius(results).items()},
         "alignment_source": source, "alignment": cosine,
         "train_seconds": results["train_seconds"],
         "passes_per_image_step": per_image,
@@ -218,7 +219,8 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
         f"Grid: {varied or 'none'}; extra runs: {', '.join(r.name for r in runs if not r.varied) or 'none'}. "
         f"Base: {config or 'defaults'} {' '.join(overrides)}".rstrip(), "",
         sweep_table(rows), "",
-        f"Accuracies in % (robust ones from each run's results.json). Alignment: every run scored against the same "
+        "Accuracies in % (robust ones: per image, the worst case over every attack in each run's results.json, "
+        "the guards' Square included). Alignment: every run scored against the same "
         f"`{rows[0]['alignment_source']}` targets on held-out images, whatever it trained with. Network passes are "
         "counted from the objective (a forward or backward sweep of one image through the network; vanilla = 2 "
         "per step); wall time is measured, and on a shared machine it carries the other processes' noise.", "",
