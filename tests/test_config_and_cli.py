@@ -6,7 +6,7 @@ import pytest
 
 from pagrob import load_run
 from pagrob.cli import main
-from pagrob.config import ConfigError, load_config
+from pagrob.config import Config, ConfigError, load_config
 
 
 def test_unknown_key_lists_valid_keys_and_suggests_the_close_one():
@@ -91,3 +91,14 @@ def test_train_off_a_terminal_writes_plain_lines_not_bars(tmp_path):
     assert "\r" not in text
     epochs = [line for line in text.splitlines() if " epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["run epoch 1/3", "run epoch 2/3", "run epoch 3/3"]
+
+
+def test_a_store_backed_run_is_labelled_by_its_store():
+    cfg = Config()
+    labels = []
+    for source in ("none", "cm", "store:runs/study/stores/smooth-sigma2", "store:runs/nn-store/"):
+        cfg.pag.source = source
+        labels.append(cfg.method)
+    cfg.adv.method = "pgd"
+    labels.append(cfg.method)
+    assert labels == ["vanilla", "pag-cm", "pag-smooth-sigma2", "pag-nn-store", "at-l2+pag-nn-store"]

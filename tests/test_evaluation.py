@@ -53,6 +53,24 @@ def test_each_component_stays_in_the_ball_and_fools_a_plain_model(plain, digits,
     assert torch.equal(x_adv[~fooled], x[~fooled])  # what it cannot fool comes back untouched
 
 
+@pytest.mark.parametrize("name", ["apgd-ce", "square"])
+def test_library_attacks_leave_an_evaluated_batch_norm_model_untouched(name):
+    """torchattacks restores the mode of the model it was handed; that must not switch ours to training mode,
+    where every later forward pass would rewrite batch norm's running statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    x = torch.rand(8, 3, 8, 8)
+    model(x)  # materialise the lazy layer, then fix the statistics by evaluating
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits = model(x)
+    LibraryAttack(model, name, "l2", 0.5, 10, version="custom-fast")(x, torch.zeros(8, dtype=torch.long))
+    assert not model.training and not any(m.training for m in model.modules())
+    model(torch.rand(8, 3, 8, 8))  # a later forward pass, as the next attack's check makes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.allclose(model(x), logits)
+
+
 def test_unit_box_keeps_distances_for_unbounded_vectors():
     x = torch.tensor([[-50.0, -100.0], [30.0, 60.0], [0.0, 1.0]])
     box = unit_box(x, 15.0, None)

@@ -108,8 +108,13 @@ class Config:
 
     @property
     def method(self) -> str:
-        """Short label for tables: vanilla, pag-<source>, at-<norm>, trades-<norm>, at-<norm>+pag-<source>."""
-        pag = "" if self.pag.source == "none" else f"pag-{self.pag.source.split(':')[0]}"
+        """Short label for tables: vanilla, pag-<source>, at-<norm>, trades-<norm>, at-<norm>+pag-<source>.
+
+        A precomputed store (`store:PATH`) is named by its folder, e.g. pag-smooth-sigma2, since its source is
+        what a reader compares."""
+        source = self.pag.source.rstrip("/\\").replace("\\", "/")
+        source = source.rsplit("/", 1)[-1] if source.startswith("store:") else source.split(":")[0]
+        pag = "" if self.pag.source == "none" else f"pag-{source.removeprefix('store:')}"
         at = {"none": "", "pgd": f"at-{self.adv.norm}", "trades": f"trades-{self.adv.norm}"}[self.adv.method]
         return "+".join(p for p in (at, pag) if p) or "vanilla"
 

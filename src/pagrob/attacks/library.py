@@ -168,8 +168,11 @@ class LibraryAttack:
         shape = tuple(x.shape[1:])
         box = unit_box(x, self.eps, self.bounds)
         u = as_images(box.to_unit(x)).detach()
-        attack = self._build(UnitBoxModel(self.model, box, shape, self.on_forward),
-                             unit_eps(self.eps, self.norm, box, shape))
+        # torchattacks puts the model in eval mode to attack and afterwards back in the mode the wrapper it was
+        # given had; a new nn.Module is in training mode, which would leave batch norm updating its running
+        # statistics (and predicting from batch statistics) after every attack. The wrapper takes the model's mode.
+        wrapped = UnitBoxModel(self.model, box, shape, self.on_forward).train(self.model.training)
+        attack = self._build(wrapped, unit_eps(self.eps, self.norm, box, shape))
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             u_adv = attack(u, y)
         # Adding the scaled change to x (not mapping u_adv back) keeps untouched images bit-identical.
