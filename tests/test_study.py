@@ -111,6 +111,7 @@ def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
     assert (smoke_study / "stores").is_dir() and (smoke_study / "report.html").is_file()
     report = (smoke_study / "report.md").read_text()
     assert "cifar10_targeted.png" in report and (smoke_study / "cifar10_targeted.png").is_file()
+    assert "cifar10: robustness against training compute" in report and (smoke_study / "cifar10_compute.png").is_file()
     assert "Study preset `smoke`" in report
 
 
