@@ -108,9 +108,11 @@ def test_figures_skip_what_does_not_apply(runs, tmp_path):
 
 
 def test_method_family_groups_what_a_compute_plot_compares():
+    from pagrob.config import load_config
     from pagrob.visualize import method_family
-    assert [method_family(m) for m in ("vanilla", "pag-cm", "pag-store", "at-l2", "trades-linf", "at-l2+pag-nn")] \
-        == ["vanilla", "pag", "pag", "at", "at", "at+pag"]
+    settings = ([], ["pag.source=cm"], ["pag.source=store:runs/s"], ["adv.method=pgd"],
+                ["adv.method=trades", "adv.norm=linf"], ["adv.method=pgd", "pag.source=nn"])
+    assert [method_family(load_config(None, s)) for s in settings] == ["vanilla", "pag", "pag", "at", "at", "at+pag"]
 
 
 def test_robustness_against_compute_is_drawn_once_two_families_are_timed(runs, tmp_path):

@@ -112,9 +112,9 @@ class Config:
 
         A precomputed store (`store:PATH`) is named by its folder, e.g. pag-smooth-sigma2, since its source is
         what a reader compares."""
-        source = self.pag.source.rstrip("/\\").replace("\\", "/")
-        source = source.rsplit("/", 1)[-1] if source.startswith("store:") else source.split(":")[0]
-        pag = "" if self.pag.source == "none" else f"pag-{source.removeprefix('store:')}"
+        source = self.pag.source
+        name = Path(source.removeprefix(STORE_PREFIX)).name if source.startswith(STORE_PREFIX) else source.split(":")[0]
+        pag = "" if source == "none" else f"pag-{name}"
         at = {"none": "", "pgd": f"at-{self.adv.norm}", "trades": f"trades-{self.adv.norm}"}[self.adv.method]
         return "+".join(p for p in (at, pag) if p) or "vanilla"
 

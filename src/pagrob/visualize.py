@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from pagrob.attacks import PGD  # noqa: E402
+from pagrob.config import Config  # noqa: E402
 from pagrob.data import Dataset  # noqa: E402
 from pagrob.losses import class_input_gradients  # noqa: E402
 from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
@@ -197,18 +198,17 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
 FAMILY_COLOURS = {"vanilla": "tab:gray", "pag": "tab:blue", "at": "tab:red", "at+pag": "tab:purple"}
 
 
-def method_family(method: str) -> str:
+def method_family(cfg: Config) -> str:
     """vanilla | pag | at | at+pag: what a reader compares when asking what each training minute buys."""
-    adversarial, aligned = method.startswith(("at-", "trades-")), "pag-" in method
+    adversarial, aligned = cfg.adv.method != "none", cfg.pag.source != "none"
     return "at+pag" if adversarial and aligned else "at" if adversarial else "pag" if aligned else "vanilla"
 
 
-def plot_robustness_vs_compute(run_dirs: list[Path], out: Path) -> Path:
+def plot_robustness_vs_compute(runs: list[Run], out: Path) -> Path:
     """Worst-case robust accuracy against training minutes, one panel per (norm, eps) every run was attacked at,
     one point per run coloured by family (vanilla, PAG, AT, AT+PAG): what each minute of training buys."""
     from matplotlib.lines import Line2D
 
-    runs = [load_run(d) for d in run_dirs]
     worst = [worst_by_radius(r.results) for r in runs]
     radii = sorted(set.intersection(*(set(w) for w in worst))) if worst else []
     fig, axes = plt.subplots(1, max(len(radii), 1), figsize=(5.0 * max(len(radii), 1) + 1.8, 4.0), squeeze=False)
@@ -216,7 +216,7 @@ def plot_robustness_vs_compute(run_dirs: list[Path], out: Path) -> Path:
         for run, w in zip(runs, worst):
             minutes = run.results.get("train_seconds", 0.0) / 60
             accuracy = 100 * w[(norm, eps)]["accuracy"]
-            ax.scatter([minutes], [accuracy], s=30, zorder=3, color=FAMILY_COLOURS[method_family(run.config.method)])
+            ax.scatter([minutes], [accuracy], s=30, zorder=3, color=FAMILY_COLOURS[method_family(run.config)])
             ax.annotate(run.config.name, (minutes, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("training time (minutes, wall)")
         ax.set_ylabel("worst-case robust accuracy (%)")
@@ -224,7 +224,7 @@ def plot_robustness_vs_compute(run_dirs: list[Path], out: Path) -> Path:
         ax.set_ylim(bottom=-2)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=f) for f, c in FAMILY_COLOURS.items()
-               if any(method_family(r.config.method) == f for r in runs)]
+               if any(method_family(r.config) == f for r in runs)]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{runs[0].config.data.name}: robustness against training compute", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
@@ -285,8 +285,8 @@ def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps
         if any(read_results(d).get("robust_accuracy") for d in dirs):
             figures.append((f"{dataset}: {HEADLINE}",
                             plot_accuracy_vs_eps(dirs, out_dir / f"{name}_accuracy_vs_eps.png")))
-        timed = [d for d in dirs if "train_seconds" in read_results(d) and worst_by_radius(read_results(d))]
-        if len({method_family(load_run(d).config.method) for d in timed}) > 1:
+        timed = [r for r in runs if "train_seconds" in r.results and worst_by_radius(r.results)]
+        if len({method_family(r.config) for r in timed}) > 1:
             figures.append((f"{dataset}: robustness against training compute",
                             plot_robustness_vs_compute(timed, out_dir / f"{name}_compute.png")))
     return figures
