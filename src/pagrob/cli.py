@@ -47,15 +47,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> Config:
-    """The config to train with; `--resume` alone reads the run's own config.yaml."""
+    """The config to train with; `--resume` alone reads the run's own config.yaml. With `--init RUN_DIR` the model
+    keys the config leaves out are RUN_DIR's, and training starts from its weights."""
     from pagrob.config import load_config
+    from pagrob.runs import model_settings
 
-    if args.resume and args.config is None and not args.set:
+    if args.resume and args.config is None and not args.set and not args.init:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
             raise RunError(f"nothing to resume in {args.out}: it has no config.yaml (start the run without "
                            "--resume, or repeat its --config/--set)")
         return load_config(saved)
+    if args.init:
+        return load_config(args.config, args.set + [f"init={args.init}"], start=model_settings(args.init))
     return load_config(args.config, args.set)
 
 
@@ -74,6 +78,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
     argv = ["--quiet"] if args.quiet else []
     argv += ["train", "--out", args.out] + (["--config", args.config] if args.config else [])
     argv += [a for item in args.set for a in ("--set", item)] + (["--resume"] if args.resume else [])
+    argv += ["--init", args.init] if args.init else []
     launch(args.nproc, argv)
 
 
@@ -84,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.dry_run:
         from pagrob.dryrun import dry_run, format_dry_run
 
-        print(format_dry_run(dry_run(load_config(args.config, args.set), batch=args.dry_run_batch)))
+        print(format_dry_run(dry_run(_train_config(args), batch=args.dry_run_batch)))
         return
     if args.out is None:
         raise ConfigError("train needs --out RUN_DIR (or --dry-run to check the config without training)")
@@ -126,9 +131,19 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from pagrob.report import write_report
+    if args.robustbench_json:
+        from pagrob.robustbench import TO_FILL, write_robustbench_json
 
-    print(f"report: {write_report([Path(d) for d in args.run_dirs], Path(args.out))}")
+        if len(args.run_dirs) != 1:
+            raise ConfigError("--robustbench-json describes one run: give one RUN_DIR")
+        path = write_robustbench_json(args.run_dirs[0], args.robustbench_json, args.threat_model)
+        print(f"RobustBench model info: {path} (fill in {', '.join(TO_FILL)} before submitting)")
+    elif args.out is None:
+        raise ConfigError("report needs --out DIR (or --robustbench-json FILE)")
+    if args.out is not None:
+        from pagrob.report import write_report
+
+        print(f"report: {write_report([Path(d) for d in args.run_dirs], Path(args.out))}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -149,10 +164,35 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(f"report: {run_study(study, Path(args.out), progress=not args.quiet)}")
 
 
-def cmd_import_checkpoint(args: argparse.Namespace) -> None:
-    from pagrob.checkpoint_import import import_checkpoint
+def _model_args(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--model-args must be a JSON object, e.g. '{{\"num_classes\": 10}}': {err}") from None
+    if not isinstance(args, dict):
+        raise ConfigError(f"--model-args must be a JSON object of keyword arguments, got {text}")
+    return args
 
-    out = import_checkpoint(args.file, args.arch, args.out, args.format, args.dataset, args.name)
+
+def cmd_import_checkpoint(args: argparse.Namespace) -> None:
+    from pagrob.checkpoint_import import import_checkpoint, import_model
+
+    if args.model:
+        if not args.dataset:
+            raise ConfigError("import-checkpoint --model needs --dataset NAME (the data its clean accuracy is "
+                              "measured on, e.g. cifar10 with --set data.data_dir=PATH)")
+        sets = args.set + ([f"name={args.name}"] if args.name else [])
+        out = import_model(args.file, args.model, args.out, args.dataset, _model_args(args.model_args),
+                           args.normalize, sets)
+        accuracy = json.loads((out / "results.json").read_text())["clean_accuracy"]
+        print(f"clean accuracy {100 * accuracy:.2f}% on the test split")
+    elif args.arch:
+        out = import_checkpoint(args.file, args.arch, args.out, args.format, args.dataset, args.name)
+    else:
+        raise ConfigError("import-checkpoint needs --model PATH.py:FACTORY (your network) or --format pag-rob "
+                          "--arch resnet18|vit (the PAG authors' checkpoints)")
     print(f"run folder: {out} (evaluate it with: pagrob evaluate {out})")
 
 
@@ -178,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of two 32x32 images, at least 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest good checkpoint (alone: with its config.yaml)")
+    p.add_argument("--init", metavar="RUN_DIR",
+                   help="fine-tune: start from this run folder's weights (trained or imported); model keys the config "
+                        "leaves out are taken from it")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train on N processes with DDP (one per GPU, or gloo on CPU); the same as "
                         "torchrun --nproc_per_node=N -m pagrob train ...")
@@ -215,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write report.md and a self-contained report.html for one or more run folders")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="folder for report.md and report.html")
+    p.add_argument("--robustbench-json", metavar="FILE",
+                   help="write the run's AutoAttack (standard) result as RobustBench's model-info JSON")
+    p.add_argument("--threat-model", choices=["L2", "Linf"],
+                   help="with --robustbench-json, when the run has both: which one to write")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sweep", help="train a grid of runs from one config; report robustness vs alignment and compute")
@@ -243,12 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every run offline with one synthetic step; print files needed and estimated cost")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("import-checkpoint", help="turn a released checkpoint into a run folder to evaluate")
-    p.add_argument("file")
+    p = sub.add_parser("import-checkpoint", help="turn a classifier's weights (your network, or a released "
+                                                 "checkpoint) into a run folder that every verb accepts")
+    p.add_argument("file", metavar="WEIGHTS", help=".safetensors, or a state dict (.pt, .pth, .ckpt) read with "
+                                                    "weights_only=True")
+    p.add_argument("--model", metavar="PATH.py:FACTORY",
+                   help="your network: FACTORY(**model-args) from the Python file PATH.py returns the nn.Module")
+    p.add_argument("--model-args", metavar="JSON", help="keyword arguments of FACTORY, e.g. '{\"num_classes\": 10}'")
+    p.add_argument("--normalize", metavar="MEAN/STD",
+                   help="the per-channel normalisation the network expects, e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,"
+                        "0.2616 (default: none, the network sees pixels in [0, 1])")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config key as pagrob train takes it, e.g. data.data_dir=PATH")
     p.add_argument("--format", default="pag-rob", choices=["pag-rob"],
-                   help="pag-rob: the PAG authors' CIFAR checkpoints (github.com/royg27/PAG-ROB)")
-    p.add_argument("--arch", required=True, choices=["resnet18", "vit"])
-    p.add_argument("--dataset", help="dataset the model was trained on (default: cifar10, or cifar100 for 100 classes)")
+                   help="without --model: pag-rob, the PAG authors' CIFAR checkpoints (github.com/royg27/PAG-ROB)")
+    p.add_argument("--arch", choices=["resnet18", "vit"], help="without --model: the PAG-ROB network")
+    p.add_argument("--dataset", help="dataset the model was trained on (--model: required; pag-rob: default cifar10, "
+                                     "or cifar100 for 100 classes)")
     p.add_argument("--name", help="run name (default: the --out folder's name)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.set_defaults(func=cmd_import_checkpoint)

@@ -17,7 +17,7 @@ import yaml
 
 from pagrob.data import dataset_names, known_dataset
 from pagrob.errors import ConfigError
-from pagrob.models import ARCHS
+from pagrob.models import arch_choices, arch_route, known_arch
 from pagrob.targets import SOURCES, STORE_PREFIX, source_names
 
 
@@ -31,11 +31,46 @@ class DataConfig:
     augment: str = "auto"  # auto | none | crop | crop_flip  (auto: crop_flip for photos, crop for digits)
 
 
+def _arch(key: str, value: Any) -> str:
+    """A route form's paths made absolute (file:nets.py:f -> file:/abs/nets.py:f): a run folder outlives the cwd."""
+    if not isinstance(value, str):
+        raise ConfigError(f"config key '{key}' expects an architecture name, got {value!r}")
+    route = arch_route(value)
+    return f"{value.split(':', 1)[0]}:{route[0].absolute(route[1])}" if route else value
+
+
+def _normalization(key: str, value: Any) -> str | list[list[float]]:
+    """data | none | [[mean...], [std...]] (YAML) | "m1,m2,m3/s1,s2,s3" (the command line's --normalize)."""
+    if value in ("data", "none"):
+        return value
+    if isinstance(value, str) and value.count("/") == 1:
+        value = [part.split(",") for part in value.split("/")]
+    try:
+        mean, std = ([float(v) for v in part] for part in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be data, none, [[MEAN...], [STD...]] or MEAN,.../STD,... (one number per "
+                          f"channel, e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,0.2616), got {value!r}") from None
+    if len(mean) != len(std) or not mean or min(std) <= 0:
+        raise ConfigError(f"{key}: mean and std need one number per channel each and std > 0, got {value!r}")
+    return [mean, std]
+
+
+def _mapping(key: str, value: Any) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"config key '{key}' expects a mapping of keyword arguments, e.g. {{depth: 28, widen: 10}}"
+                          f", got {value!r}")
+    return dict(value)
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "auto"  # auto (by input shape) or a name in pagrob.models.ARCHS
+    # auto (by input shape), a name in pagrob.models.ARCHS, or a route: file:PATH.py:FACTORY (your own network)
+    arch: str = field(default="auto", metadata={"coerce": _arch})
     width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
-    normalize: str = "data"  # data: first layer standardises with training-set statistics | none: raw inputs
+    args: dict = field(default_factory=dict, metadata={"coerce": _mapping})  # file: arch: FACTORY(**args)
+    # data: first layer standardises with training-set statistics | none: raw [0, 1] inputs |
+    # [[MEAN...], [STD...]]: a fixed per-channel normalisation (the one your network was trained with)
+    normalize: str | list = field(default="data", metadata={"coerce": _normalization})
 
 
 @dataclass
@@ -99,6 +134,7 @@ class Config:
     name: str = "run"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    init: str = ""  # a run folder whose weights training starts from (pagrob train --init RUN_DIR): fine-tuning
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pag: PagConfig = field(default_factory=PagConfig)
@@ -162,23 +198,27 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def set_key(cfg: Config, key: str, value: Any) -> None:
-    """Set one dotted key, coercing the value to the field's type."""
+    """Set one dotted key, coercing the value to the field's type (or by the field's own `coerce`)."""
     *path, leaf = key.split(".")
     node: Any = cfg
     for part in path:
         if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
             raise _unknown_key(key)
         node = getattr(node, part)
-    if not is_dataclass(node) or leaf not in {f.name for f in fields(node)} or is_dataclass(getattr(node, leaf)):
+    found = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
+    if leaf not in found or is_dataclass(getattr(node, leaf)):
         raise _unknown_key(key)
-    setattr(node, leaf, _coerce(key, value, getattr(node, leaf)))
+    coerce = found[leaf].metadata.get("coerce")
+    setattr(node, leaf, coerce(key, value) if coerce else _coerce(key, value, getattr(node, leaf)))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"pag": {"lam": 1}} -> {"pag.lam": 1}: the dotted keys of a nested config mapping."""
+    """{"pag": {"lam": 1}} -> {"pag.lam": 1}: the dotted keys of a nested config mapping. A key whose value is
+    itself a mapping (model.args) stays one leaf."""
+    leaves = set(valid_keys())
     flat: dict[str, Any] = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and f"{prefix}{k}" not in leaves:
             flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
@@ -192,8 +232,11 @@ def from_dict(tree: dict) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or start from defaults) and apply `key=value` overrides, then validate."""
+def load_config(path: str | Path | None, overrides: list[str] = (), start: dict | None = None) -> Config:
+    """Read a YAML file (or start from defaults) and apply `key=value` overrides, then validate.
+
+    `start`: dotted keys that stand in for the defaults, where the file and the overrides leave them out (a
+    fine-tuning run takes its model from the run it starts from)."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -205,7 +248,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(tree).__name__}")
-    cfg = from_dict(tree)
+    cfg = from_dict({**(start or {}), **flatten(tree)})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. pag.lam=0.5")
@@ -278,10 +321,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
-    _check(cfg.model.arch == "auto" or cfg.model.arch in ARCHS,
-           f"model.arch must be auto, {', '.join(ARCHS)}, got '{cfg.model.arch}'")
+    _check(known_arch(cfg.model.arch), f"model.arch must be {arch_choices()}, got '{cfg.model.arch}'")
+    _check(not cfg.model.args or arch_route(cfg.model.arch) is not None,
+           f"model.args is passed to the factory of a file:PATH.py:FACTORY architecture; {cfg.model.arch} takes "
+           "model.width instead")
     _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
-    _check(cfg.model.normalize in ("data", "none"), f"model.normalize must be data or none, got '{cfg.model.normalize}'")
     _check(cfg.optim.name in ("sgd", "adam"), f"optim.name must be sgd or adam, got '{cfg.optim.name}'")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
            f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pagrob.config import Config
 from pagrob.data import Dataset, load_dataset
-from pagrob.data.images import TORCHVISION
+from pagrob.data.images import TORCHVISION, open_npz
+from pagrob.errors import DatasetError
 from pagrob.devices import resolve_device
 from pagrob.parts import assemble, check_against_data, config_source
 from pagrob.targets import STORE_PREFIX, TargetSource
@@ -59,11 +59,13 @@ class StandInTargets(TargetSource):
 def describe_dataset(cfg: Config) -> tuple[DatasetInfo, Dataset | None]:
     """Shape and size of the configured dataset, and what must be on disk; loads only built-in or user data."""
     name = cfg.data.name
-    if name == "cifar10" and cfg.data.data_dir.endswith(".npz"):
+    if name == "cifar10" and (cfg.data.data_dir.endswith(".npz") or Path(cfg.data.data_dir).is_file()):
         shape, n_train, n_test = SHAPES[name]
         npz = Path(cfg.data.data_dir)
         if npz.is_file():  # the label arrays are small: the split sizes without reading the images
-            with np.load(npz, allow_pickle=False) as z:
+            with open_npz(npz) as z:
+                if not {"y_train", "y_test"} <= set(z.files):
+                    raise DatasetError(f"{npz} is not a CIFAR-10 file: it needs x_train, y_train, x_test, y_test")
                 n_train, n_test = len(z["y_train"]), len(z["y_test"])
         return DatasetInfo(name, shape, 10, n_train, n_test, (0.0, 1.0), [(f"{npz} (CIFAR-10 npz)", npz.is_file())]), None
     if name in SHAPES:

@@ -265,9 +265,10 @@ def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> l
 
 
 def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, align_source: TargetSource,
-                       train_seconds: float, progress: bool = True) -> dict:
+                       train_seconds: float, progress: bool = True, facts: dict | None = None) -> dict:
     """The end-of-training evaluation: clean accuracy on the whole test split, the evaluation PGD on the first
-    eval.n test images (per-image outcomes kept in `out`), the worst case per radius, alignment; results.json."""
+    eval.n test images (per-image outcomes kept in `out`), the worst case per radius, alignment; results.json,
+    with `facts` about the training (e.g. the run it was fine-tuned from) beside them."""
     model.eval()
     n = cfg.eval.n or len(data.x_test)
     clean_ok = predict(model, data.x_test) == data.y_test
@@ -286,6 +287,7 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
         "alignment": {"source": align_source.name,
                       "cosine": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source, data.num_classes)},
         "train_seconds": train_seconds,
+        **(facts or {}),
     }
     write_json(out / "results.json", results)
     return results

@@ -18,7 +18,8 @@ from pagrob.config import Config
 from pagrob.data import Dataset
 from pagrob.data.augment import resolve_mode
 from pagrob.errors import ConfigError
-from pagrob.models import build_model, default_arch
+from pagrob.models import arch_route, build_model, default_arch
+from pagrob.models.user import check_output
 from pagrob.targets import TargetSource, make_source
 
 Adversary = PGD | TradesAdversary
@@ -36,14 +37,30 @@ def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
     return x.mean(0).tolist(), [spread] * x.shape[1]
 
 
+def normalization(cfg: Config, data: Dataset) -> tuple[list[float], list[float]]:
+    """The first layer's (mean, std): training-set statistics (data), none (0, 1), or the user's fixed numbers."""
+    channels = data.input_shape[0]
+    norm = cfg.model.normalize
+    if norm == "data":
+        return channel_stats(data.x_train)
+    if norm == "none":
+        return [0.0] * channels, [1.0] * channels
+    mean, std = norm
+    if len(mean) != channels:
+        raise ConfigError(f"model.normalize gives {len(mean)} numbers per channel, {data.name} images have "
+                          f"{channels} channel(s)")
+    return mean, std
+
+
 def build_classifier(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
-    """The configured network for this dataset, its first layer standardising inputs (or not)."""
+    """The configured network for this dataset, its first layer standardising inputs (or not). A user's network
+    (a file: route) must answer a batch of training images with one logit per class."""
     arch = default_arch(data.input_shape) if cfg.model.arch == "auto" else cfg.model.arch
-    mean, std = channel_stats(data.x_train) if cfg.model.normalize == "data" else (None, None)
-    if mean is None:
-        channels = data.input_shape[0]
-        mean, std = [0.0] * channels, [1.0] * channels
-    return build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std), arch
+    mean, std = normalization(cfg, data)
+    model = build_model(arch, data.input_shape, data.num_classes, cfg.model.width, mean, std, cfg.model.args)
+    if arch_route(arch) is not None:
+        check_output(model, data.x_train[:2], data.num_classes, "training images")
+    return model, arch
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:

@@ -25,6 +25,7 @@ def train_and_evaluate(cfg: Config, out: Path, progress: bool = True, data: Data
         return out
     trained = train(cfg, out, progress, data, resume)
     if trained is not None:
-        evaluate_and_write(trained.model, trained.data, cfg, out, trained.align_source, trained.seconds, progress)
+        evaluate_and_write(trained.model, trained.data, cfg, out, trained.align_source, trained.seconds, progress,
+                           facts={"init": trained.init} if trained.init else None)
         checkpoint.remove(out / CHECKPOINTS)
     return out

@@ -199,10 +199,24 @@ def provenance_lines(rows: list[dict]) -> list[str]:
     return lines + [f"settings {text} (at every reported ε)" for text in settings]
 
 
+def origin_notes(rows: list[dict]) -> list[str]:
+    """Where each run's weights came from, when not from scratch: the run it was fine-tuned from, or the file it was
+    imported from, each with its sha256."""
+    notes = []
+    for r in rows:
+        if "init" in r:
+            notes.append(f"{r['name']} was fine-tuned from the run {r['init']['run']} (weights sha256 "
+                         f"{r['init']['weights_sha256'][:12]}...).")
+        if "imported_from" in r:
+            notes.append(f"{r['name']} was imported from {r['imported_from']['file']} (sha256 "
+                         f"{r['imported_from']['sha256'][:12]}...).")
+    return notes
+
+
 def _sections(rows: list[dict], dataset: str) -> list[Section]:
     """Every table of one dataset: the summary first, the details folded."""
     table, note = summary_table(rows)
-    sections = [Section(f"{dataset}: clean and worst-case robust accuracy", table, [note])]
+    sections = [Section(f"{dataset}: clean and worst-case robust accuracy", table, [note, *origin_notes(rows)])]
     table, note = accuracy_table(rows)
     sections.append(Section(f"{dataset}: each attack on its own", table, [note], folded=True))
     guarded, reasons = guards_table(rows)

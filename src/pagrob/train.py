@@ -31,7 +31,7 @@ from pagrob.devices import resolve_device
 from pagrob.errors import RunError
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.parts import Adversary, assemble, check_against_data
-from pagrob.runs import save_model
+from pagrob.runs import load_weights, model_spec, save_model, starting_point
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
@@ -127,6 +127,7 @@ class Trained:
     align_source: TargetSource
     seconds: float
     data: Dataset | None = None  # the dataset on the run's device (set by `train`)
+    init: dict | None = None  # the run it was fine-tuned from (folder, weights' sha256), when it was
 
 
 def _stream_seed(seed: int, rank: int, stream: int) -> int:
@@ -264,6 +265,10 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     draw_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, ctx.rank, 1))
     built = assemble(cfg, data, ctx.device, draw_gen)
     model, opt, source = built.model, built.optimizer, built.source
+    init = None
+    if cfg.init:  # fine-tuning: the weights (normalisation layer included) of the run it starts from
+        state, init = starting_point(cfg.init)
+        load_weights(model, state, f"the weights of --init {cfg.init}")
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
     step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
@@ -340,7 +345,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             metrics_file.close()
         if writer is not None:
             writer.close()
-    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start)
+    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init)
 
 
 def finished(out: Path) -> bool:
@@ -378,7 +383,8 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     if not ctx.main:
         return None
     trained.data = data.to(ctx.device)
-    save_model(trained.model, out, trained.arch, data.input_shape, data.num_classes, cfg.model.width)
+    save_model(trained.model, out, model_spec(trained.arch, data.input_shape, data.num_classes, cfg.model.width,
+                                              cfg.model.args))
     return trained
 
 

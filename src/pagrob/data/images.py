@@ -5,6 +5,7 @@ All are returned as float NCHW tensors in [0, 1] with int64 labels.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,27 @@ def _cifar10_problem(arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """An npz archive opened without unpickling; a file that is not one is refused in one sentence."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        found = "cannot be read" if isinstance(err, OSError) else "is not a numpy .npz archive"
+        raise DatasetError(f"{path} {found}: write one with numpy.savez(PATH, x_train=..., y_train=..., x_test=..., "
+                           "y_test=...)") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path} holds a single numpy array, not an .npz archive of x_train, y_train, x_test, "
+                           "y_test (write one with numpy.savez)")
+    return z
+
+
 def load_cifar10_npz(path: Path) -> Dataset:
     """CIFAR-10 from an npz of uint8 NHWC arrays (x_train, y_train, x_test, y_test, optional classes), refused
     unless it is shaped and labelled like CIFAR-10; the tensors are those torchvision's CIFAR10 gives."""
     if not path.is_file():
         raise DatasetError(f"CIFAR-10 file not found: {path} (give data.data_dir an existing .npz, or a folder "
                            "for torchvision's copy)")
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         missing = CIFAR10_SPLITS - set(z.files)
         if missing:
             raise DatasetError(f"{path} is not a CIFAR-10 file: it lacks the arrays {sorted(missing)} "
@@ -138,7 +153,7 @@ def load_npz(path: Path) -> Dataset:
     """A user's arrays: x_train, y_train, x_test, y_test."""
     if not path.is_file():
         raise DatasetError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
         if missing:
             raise DatasetError(f"{path}: missing arrays {sorted(missing)}; it needs x_train, y_train, x_test, y_test")

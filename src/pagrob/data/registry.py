@@ -26,7 +26,7 @@ DATASETS: dict[str, DatasetEntry] = {
                           lambda d, dl, name=name: images.load_torchvision(name, d, dl))
        for name, spec in images.TORCHVISION.items()},
     "cifar10": DatasetEntry("torchvision CIFAR-10 under data.data_dir, or data.data_dir=FILE.npz of CIFAR-10 itself",
-                            lambda d, dl: images.load_cifar10_npz(d) if d.suffix == ".npz"
+                            lambda d, dl: images.load_cifar10_npz(d) if d.suffix == ".npz" or d.is_file()
                             else images.load_torchvision("cifar10", d, dl)),
 }
 

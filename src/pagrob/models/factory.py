@@ -1,14 +1,16 @@
-"""`build_model(arch, ...)`: the architecture registry, the name -> module dispatch and the normalising wrapper."""
+"""`build_model(arch, ...)`: the architecture registry (names and routes), the dispatch and the normalising wrapper."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pagrob.errors import ConfigError
+from pagrob.models import user
 from pagrob.models.nets import MLP, SmallCNN, resnet18, vit
 
 
@@ -60,12 +62,57 @@ ARCHS: dict[str, ArchEntry] = {
 }
 
 
+@dataclass(frozen=True)
+class ArchRoute:
+    """A `prefix:SPEC` form of model.arch that builds a network the user describes (see `ARCH_ROUTES`)."""
+
+    form: str  # how it is written, e.g. file:PATH.py:FACTORY
+    summary: str  # one line for the CLI's help
+    build: Callable[[str, dict[str, Any]], nn.Module]  # (SPEC, model.args)
+    absolute: Callable[[str], str]  # SPEC with its paths made absolute, for the run folder
+    identity: Callable[[str], dict]  # what a run records of SPEC's source (e.g. a file's sha256)
+    check_unchanged: Callable[[str, dict, Any], None]  # (SPEC, recorded identity, run folder): raise if it changed
+
+
+# Architectures a user brings: each is one entry here, read by config validation, the CLI and `build_model`.
+ARCH_ROUTES: dict[str, ArchRoute] = {
+    user.PREFIX: ArchRoute(user.FORM, "FACTORY(**model.args) from your own Python file", user.build,
+                           user.absolute, user.identity, user.check_unchanged),
+}
+
+
+def arch_route(arch: str) -> tuple[ArchRoute, str] | None:
+    """(route, SPEC) when `arch` is a `prefix:SPEC` route form, else None."""
+    prefix, sep, spec = arch.partition(":")
+    return (ARCH_ROUTES[prefix], spec) if sep and prefix in ARCH_ROUTES and spec else None
+
+
+def known_arch(arch: str) -> bool:
+    return arch == "auto" or arch in ARCHS or arch_route(arch) is not None
+
+
+def arch_choices() -> str:
+    """'auto, mlp, cnn, ... or file:PATH.py:FACTORY', for messages and help."""
+    names = ["auto", *ARCHS, *(r.form for r in ARCH_ROUTES.values())]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: int = 64,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Classifier:
-    """Build a classifier for inputs of `input_shape` (without batch). mean/std default to 0.5/0.5 per channel."""
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                args: dict[str, Any] | None = None) -> Classifier:
+    """Build a classifier for inputs of `input_shape` (without batch). mean/std default to 0.5/0.5 per channel.
+
+    `args` are the keyword arguments of a route's factory (`file:PATH.py:FACTORY`); our own archs take `width`.
+    """
     arch = default_arch(input_shape) if arch == "auto" else arch
+    channels = input_shape[0]
+    mean = list(mean) if mean is not None else [0.5] * channels
+    std = list(std) if std is not None else [0.5] * channels
+    route = arch_route(arch)
+    if route is not None:
+        return Classifier(Normalize(mean, std), route[0].build(route[1], dict(args or {})))
     if arch not in ARCHS:
-        raise ConfigError(f"unknown model arch '{arch}': use {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown model arch '{arch}': use {arch_choices()}")
     entry = ARCHS[arch]
     if entry.images and len(input_shape) != 3:
         fits = [a for a, e in ARCHS.items() if not e.images]
@@ -75,7 +122,4 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: 
         fits = [a for a, e in ARCHS.items() if e.images]
         raise ConfigError(f"{arch} takes flat vectors; inputs have shape {tuple(input_shape)} "
                           f"(use model.arch={', '.join(fits)})")
-    channels = input_shape[0]
-    mean = list(mean) if mean is not None else [0.5] * channels
-    std = list(std) if std is not None else [0.5] * channels
     return Classifier(Normalize(mean, std), entry.build(input_shape, num_classes, width))
