@@ -147,13 +147,14 @@ def test_a_user_model_is_imported_measured_evaluated_drawn_fine_tuned_and_reload
     assert code == 0, out
     assert list((tmp_path / "figs").glob("*.png"))
 
-    code, out = _cli(capsys, "train", "--init", tmp_path / "run", "--out", tmp_path / "ft",
-                     "--set", f"data.name=npz:{root / 'data.npz'}", "--set", "pag.source=cm", "--set", "pag.k=1",
+    code, out = _cli(capsys, "train", "--init", tmp_path / "run", "--out", tmp_path / "ft",  # data: the run's
+                     "--set", "pag.source=cm", "--set", "pag.k=1",
                      "--set", "optim.epochs=1", "--set", "optim.batch_size=100", "--set", "eval.n=10",
                      "--set", "eval.pgd_steps=5", "--set", "eval.pgd_restarts=1")
     assert code == 0, out
     tuned = load_run(tmp_path / "ft")
     assert tuned.config.model.arch == run.config.model.arch and tuned.config.model.normalize == [MEAN, STD]
+    assert tuned.config.data.name == f"npz:{root / 'data.npz'}"
     assert tuned.results["init"]["weights_sha256"] == hashlib.sha256(
         (tmp_path / "run" / "model.safetensors").read_bytes()).hexdigest()
     before, after = run.model.state_dict(), tuned.model.state_dict()

@@ -48,9 +48,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _train_config(args: argparse.Namespace) -> Config:
     """The config to train with; `--resume` alone reads the run's own config.yaml. With `--init RUN_DIR` the model
-    keys the config leaves out are RUN_DIR's, and training starts from its weights."""
+    and data keys the config leaves out are RUN_DIR's, and training starts from its weights."""
     from pagrob.config import load_config
-    from pagrob.runs import model_settings
+    from pagrob.runs import inherited_settings
 
     if args.resume and args.config is None and not args.set and not args.init:
         saved = Path(args.out) / "config.yaml"
@@ -59,7 +59,7 @@ def _train_config(args: argparse.Namespace) -> Config:
                            "--resume, or repeat its --config/--set)")
         return load_config(saved)
     if args.init:
-        return load_config(args.config, args.set + [f"init={args.init}"], start=model_settings(args.init))
+        return load_config(args.config, args.set + [f"init={args.init}"], start=inherited_settings(args.init))
     return load_config(args.config, args.set)
 
 
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest good checkpoint (alone: with its config.yaml)")
     p.add_argument("--init", metavar="RUN_DIR",
-                   help="fine-tune: start from this run folder's weights (trained or imported); model keys the config "
-                        "leaves out are taken from it")
+                   help="fine-tune: start from this run folder's weights (trained or imported); the model and data "
+                        "keys the config leaves out are taken from it")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train on N processes with DDP (one per GPU, or gloo on CPU); the same as "
                         "torchrun --nproc_per_node=N -m pagrob train ...")

@@ -236,7 +236,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), start: dict 
     """Read a YAML file (or start from defaults) and apply `key=value` overrides, then validate.
 
     `start`: dotted keys that stand in for the defaults, where the file and the overrides leave them out (a
-    fine-tuning run takes its model from the run it starts from)."""
+    fine-tuning run takes its model and data from the run it starts from)."""
     tree: dict = {}
     if path is not None:
         path = Path(path)

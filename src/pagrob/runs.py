@@ -87,17 +87,18 @@ def load_weights(net: nn.Module, state: dict[str, Tensor], what: str) -> None:
     net.load_state_dict({**{k: v for k, v in expected.items() if k not in state}, **state})
 
 
-def model_settings(run_dir: str | Path) -> dict[str, object]:
-    """A run's model section as dotted keys (model.arch, model.args, ...): a fine-tuning run's defaults."""
+def inherited_settings(run_dir: str | Path) -> dict[str, object]:
+    """A run's model and data sections as dotted keys (model.arch, data.name, ...): what a run fine-tuned from it
+    uses wherever its own config is silent (the same network, on the same data unless told otherwise)."""
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
         raise RunError(f"--init {path} is not a pagrob run folder (no config.yaml); import a checkpoint first with "
                        "pagrob import-checkpoint")
     try:
-        model = load_config(path / "config.yaml").model
+        cfg = load_config(path / "config.yaml")
     except ConfigError as err:
         raise RunError(f"{path}: {err}") from None
-    return {f"model.{k}": v for k, v in vars(model).items()}
+    return {f"{section}.{k}": v for section in ("model", "data") for k, v in vars(getattr(cfg, section)).items()}
 
 
 def starting_point(run_dir: str | Path) -> tuple[dict[str, Tensor], dict]:
