@@ -358,7 +358,7 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     """Train and save the weights into the run folder `out`; evaluation is `pagrob.evaluate`'s (see
     `pagrob.pipeline`). Returns the trained model on the process that writes, None on the others.
 
-    Under torchrun (WORLD_SIZE > 1) each process trains its slice of every global batch with DDP and rank 0
+    Under torchrun (any WORLD_SIZE, 1 included) each process trains its slice of every global batch with DDP and rank 0
     alone writes. `resume` continues from the newest good checkpoint in `out`. The checkpoints stay until the
     run's evaluation is written, so a run killed while being evaluated resumes too.
     """
