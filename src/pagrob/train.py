@@ -7,6 +7,10 @@ TRADES replaces the CE at x' by CE(f(x), y) + beta * KL(f(x) || f(x')).
 Runs on one process or, under torchrun, on several with DDP (`pagrob.distributed`), and checkpoints into
 <run>/checkpoints (`pagrob.checkpoint`) so that a killed run resumed with `resume=True` ends bit-for-bit
 where an uninterrupted one would on CPU.
+
+`optim.precision=bf16` runs each step (forward, PAG double backward, adversary) under bfloat16 autocast and
+`optim.memory_format=channels_last` lays out the model and batches for a GPU's fastest convolutions; the model
+handed on to evaluation is float32 and contiguous either way.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
 from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment
-from pagrob.devices import resolve_device
+from pagrob.devices import autocast, memory_format, resolve_device
 from pagrob.errors import RunError
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.parts import Adversary, assemble, check_against_data
@@ -53,6 +57,7 @@ class Step:
     num_classes: int
     generator: torch.Generator  # this rank's stream for per-image draws: target classes, noise, augmentation
     aug_mode: str
+    memory_format: torch.memory_format = torch.contiguous_format  # the batches' layout (optim.memory_format)
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step, lam: float | None = None
@@ -77,6 +82,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
     else:
         x, both = augment(x, aug_mode, generator, torch.cat([targets, noise[:, None]], 1))
         targets, noise = both[:, :-1], both[:, -1]
+    x = x.contiguous(memory_format=step.memory_format)
     x_adv = None
     if adversary is not None:
         model.eval()
@@ -269,9 +275,11 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     if cfg.init:  # fine-tuning: the weights (normalisation layer included) of the run it starts from
         state, init = starting_point(cfg.init)
         load_weights(model, state, f"the weights of --init {cfg.init}")
+    fmt = memory_format(cfg.optim.memory_format)
+    model.to(memory_format=fmt)
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
-    step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
+    step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode, fmt)
     milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
@@ -311,7 +319,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             for i in bar:
                 idx = order[i:i + cfg.optim.batch_size]
                 local = distributed.local_slice(idx, ctx)
-                loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], local, step, lam=lam)
+                with autocast(ctx.device, cfg.optim.precision):
+                    loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], local, step, lam=lam)
                 if distributed.any_rank(not math.isfinite(parts["loss"]), ctx):
                     value = parts["loss"] if not math.isfinite(parts["loss"]) else "NaN or Inf in another process"
                     raise _nonfinite(f"the training loss became {value}", prog.step + 1, epoch + 1, folder)
@@ -345,6 +354,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             metrics_file.close()
         if writer is not None:
             writer.close()
+    # evaluation sees the same float32, contiguous model whatever the training's precision and layout
+    model.to(memory_format=torch.contiguous_format)
     return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init)
 
 
