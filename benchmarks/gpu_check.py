@@ -14,7 +14,7 @@ Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S:
                resident on the device, bf16 + channels_last) by pagrob's own train/evaluate, then the evaluation
                PGD (with its guards) on 1,000 test images; epochs per minute
   ddp          `pagrob train --nproc 1`: one torchrun process, DistributedDataParallel on NCCL (gloo on a CPU)
-Each item's result is written to DIR/gpu_check.json and DIR/gpu_check.md as soon as it is measured, so a run cut
+Each item's result (with `item_seconds`, its wall time) is written to DIR/gpu_check.json and DIR/gpu_check.md as soon as it is measured, so a run cut
 short keeps what it measured. An item starts only while its section has more time left than the section's
 longest item so far took; the others are listed as skipped, with the reason. An item that fails is recorded with
 its error and the check goes on.
@@ -138,12 +138,14 @@ def pag_step_items(device: torch.device, sizes: Sizes) -> list[tuple[str, Work]]
 
 
 def auto_row(device: torch.device, sizes: Sizes, b: int, c: int) -> dict:
-    """Seconds of the PAG step (float32) with AUTO_ROWS set to B * c rows per pass: c classes per pass."""
+    """Seconds of the PAG step (float32, pag_step's clock) with AUTO_ROWS set to B * c rows per pass: c classes
+    per pass."""
     args, k = pag_args(device, sizes, False), max(sizes.ks)
     with mock.patch.dict(losses.AUTO_ROWS, {device.type: b * c}):
         ran = losses.classes_per_pass("auto", torch.empty(b, device=device), k)
         seconds = pag_step.time_methods(args, b, k, device, methods=("pag",))["pag"]
-    return {"B": b, "k": k, "classes_per_pass": ran, "rows": b * c, "seconds": seconds["wall"]}
+    clock = pag_step.clock_for(device, 1)
+    return {"B": b, "k": k, "classes_per_pass": ran, "rows": b * c, "seconds": seconds[clock], "clock": clock}
 
 
 def best_rows(rows: list[dict]) -> dict | None:
@@ -283,7 +285,7 @@ class Check:
                 result = {"error": f"{type(err).__name__}: {err}"}
             seconds = time.perf_counter() - began
             longest = max(longest, seconds)
-            entry["items"].append({"item": label, "seconds": seconds, **result})
+            entry["items"].append({"item": label, "item_seconds": seconds, **result})
             print(f"gpu_check {name}: {label}: {seconds:.1f} s{' ' + result['error'] if 'error' in result else ''}",
                   flush=True)
             self.write()
@@ -306,7 +308,7 @@ def markdown(report: dict) -> str:
     if "environment" in s:
         env = next((i for i in s["environment"]["items"] if "torch" in i), {})
         lines += ["## Environment", "", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in env.items() if k not in ("item", "seconds")] + [""]
+        lines += [f"| {k} | {v} |" for k, v in env.items() if k not in ("item", "item_seconds")] + [""]
     if "pag_step" in s:
         rows = [i for i in s["pag_step"]["items"] if "ratios" in i]
         check = next((i for i in s["pag_step"]["items"] if "ok" in i), None)

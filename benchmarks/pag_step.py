@@ -186,10 +186,15 @@ def child(argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def clock_for(device: torch.device, threads: int) -> str:
+    """Which of time_methods' clocks a ratio uses: CPU time at one CPU thread, else wall time."""
+    return "cpu" if device.type == "cpu" and threads == 1 else "wall"
+
+
 def one_configuration(args: argparse.Namespace, b: int, k: int, threads: int, device: torch.device) -> dict:
     """Times (this process) and memory (one fresh process per method) of one configuration."""
     times = time_methods(args, b, k, device)
-    clock = "cpu" if device.type == "cpu" and threads == 1 else "wall"
+    clock = clock_for(device, threads)
     t = {m: times[m][clock] for m in METHODS}
     config = ["--batch", str(b), "--k", str(k), "--threads", str(threads)]
     if device.type == "cuda":  # the allocator's peak resets per step: no fresh process needed
