@@ -14,10 +14,11 @@ Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S:
                resident on the device, bf16 + channels_last) by pagrob's own train/evaluate, then the evaluation
                PGD (with its guards) on 1,000 test images; epochs per minute
   ddp          `pagrob train --nproc 1`: one torchrun process, DistributedDataParallel on NCCL (gloo on a CPU)
-Each item's result (with `item_seconds`, its wall time) is written to DIR/gpu_check.json and DIR/gpu_check.md as soon as it is measured, so a run cut
-short keeps what it measured. An item starts only while its section has more time left than the section's
-longest item so far took; the others are listed as skipped, with the reason. An item that fails is recorded with
-its error and the check goes on.
+Each item's result (with `item_seconds`, its wall time) is written to DIR/gpu_check.json and DIR/gpu_check.md as
+soon as it is measured, so a run cut short keeps what it measured. An item starts only while its section has more
+time left than the section's longest item so far took; the others are listed as skipped, with the reason. An item
+that fails is recorded with its error and the check goes on. Without the npz at --data the cifar10 section is
+skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +44,7 @@ from unittest import mock
 import torch
 
 import pag_step
+import pagrob
 from pagrob import distributed, losses
 from pagrob.config import load_config
 from pagrob.data import load_dataset
@@ -200,6 +203,7 @@ def cifar_settings(device: torch.device, sizes: Sizes, data: Path) -> list[str]:
 def cifar_run(name: str, sets: list[str], data, out: Path) -> dict:
     """Train and evaluate one run by pagrob's own pipeline; epochs per minute of training."""
     cfg = load_config(None, sets + [f"name={name}"])
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run, whatever an earlier check left
     start = time.perf_counter()
     results = json.loads((train_and_evaluate(cfg, out / name, progress=False, data=data) / "results.json").read_text())
     worst = results["worst_case"][0]
@@ -237,14 +241,17 @@ def ddp_run(device: torch.device, sizes: Sizes, data: Path, out: Path, left: flo
             f"data.train_n={sizes.ddp_train_n}", "data.holdout=256", "pag.source=cm", "pag.k=1", "optim.epochs=1",
             f"optim.batch_size={sizes.batch_size}", "eval.eps_l2=[0]"]
     argv = [sys.executable, "-m", "pagrob", "--quiet", "train", "--nproc", "1", "--out", str(out / "ddp")]
-    env = {**os.environ, "NCCL_DEBUG": "VERSION", "PYTHONPATH": os.pathsep.join(sys.path)}
+    shutil.rmtree(out / "ddp", ignore_errors=True)  # a fresh run, whatever an earlier check left
+    src = str(Path(pagrob.__file__).resolve().parents[1])  # this pagrob, not another install
+    path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "NCCL_DEBUG": "VERSION", "PYTHONPATH": path}
     start = time.perf_counter()
     done = subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, env=env,
                           timeout=max(1.0, left))
     wall = time.perf_counter() - start
     if done.returncode:
         return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
-    results = json.loads(done.stdout)
+    results = json.loads((out / "ddp" / "results.json").read_text())  # stdout has NCCL's lines too
     steps = -(-sizes.ddp_train_n // sizes.batch_size)
     nccl = re.search(r"NCCL version \S+", done.stdout + done.stderr)
     return {"backend": distributed.backend(device), "nccl_seen": nccl.group(0) if nccl else None,
@@ -316,8 +323,8 @@ def markdown(report: dict) -> str:
         if check:
             lines += [f"Loss check (float32, pag against repeat): {'ok' if check['ok'] else 'FAIL'}", ""]
             lines += [f"    {line}" for line in check["lines"]] + [""]
-        lines += ["| B | k | precision | step | pag s | repeat s | pag MB | repeat MB | time / repeat | memory / repeat "
-                  "| time / vanilla | time / 7-step PGD-AT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| B | k | precision | step | pag s | repeat s | pag MB | repeat MB | time / repeat "
+                  "| memory / repeat | time / vanilla | time / 7-step PGD-AT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             t, mb, q = r["seconds"], r["mb"], r["ratios"]
             lines.append(f"| {r['B']} | {r['k']} | {r['precision']} | {r['step']} | {_f(t['pag'], 4)} | "

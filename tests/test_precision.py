@@ -8,9 +8,11 @@ import torch
 
 import pagrob.train as train_module
 from pagrob.config import load_config
-from pagrob.data import Dataset
+from pagrob.data import Dataset, toy2d
+from pagrob.dryrun import dry_run
 from pagrob.errors import ConfigError
 from pagrob.evaluate import evaluate_and_write
+from pagrob.parts import check_against_data
 from pagrob.pipeline import train_and_evaluate
 from pagrob.runs import load_run
 from pagrob.targets import make_source
@@ -38,8 +40,9 @@ def fit_recording(tmp_path, monkeypatch, *sets: str) -> tuple[dict, list[dict]]:
     def recording(model, x, y, index, step, lam=None):
         loss, parts = TRAIN_STEP(model, x, y, index, step, lam)
         conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        channels_last = not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)
         seen.append({"autocast": torch.is_autocast_enabled("cpu"), "loss": parts["loss"], "pag": parts["pag"],
-                     "channels_last": not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)})
+                     "channels_last": channels_last})
         return loss, parts
 
     monkeypatch.setattr(train_module, "train_step", recording)
@@ -100,3 +103,19 @@ def test_precision_and_layout_are_checked_before_training():
         load_config(None, ["optim.memory_format=nhwc"])
     with pytest.raises(ConfigError, match="pag.step=batched does not run under bf16"):
         load_config(None, ["optim.precision=bf16", "pag.step=batched"])
+    with pytest.raises(ConfigError, match="channels_last lays out images"):
+        check_against_data(load_config(None, ["optim.memory_format=channels_last"]), toy2d.load())
+
+
+def test_the_dry_run_takes_its_step_as_training_does(monkeypatch):
+    """A bf16, channels_last recipe's dry run steps under autocast with channels_last batches."""
+    seen = []
+
+    def recording(model, x, y, index, step, lam=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return TRAIN_STEP(model, x, y, index, step, lam)
+
+    monkeypatch.setattr("pagrob.dryrun.train_step", recording)
+    cfg = load_config(None, SETTINGS + ["optim.precision=bf16", "optim.memory_format=channels_last",
+                                        "data.name=digits", "model.arch=cnn"])
+    assert dry_run(cfg, batch=8, timing=False)["step_parts"]["pag"] > 0 and seen and all(seen)

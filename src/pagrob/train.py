@@ -57,7 +57,6 @@ class Step:
     num_classes: int
     generator: torch.Generator  # this rank's stream for per-image draws: target classes, noise, augmentation
     aug_mode: str
-    memory_format: torch.memory_format = torch.contiguous_format  # the batches' layout (optim.memory_format)
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step, lam: float | None = None
@@ -82,7 +81,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
     else:
         x, both = augment(x, aug_mode, generator, torch.cat([targets, noise[:, None]], 1))
         targets, noise = both[:, :-1], both[:, -1]
-    x = x.contiguous(memory_format=step.memory_format)
+    x = x.contiguous(memory_format=memory_format(cfg.optim.memory_format))
     x_adv = None
     if adversary is not None:
         model.eval()
@@ -275,11 +274,10 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     if cfg.init:  # fine-tuning: the weights (normalisation layer included) of the run it starts from
         state, init = starting_point(cfg.init)
         load_weights(model, state, f"the weights of --init {cfg.init}")
-    fmt = memory_format(cfg.optim.memory_format)
-    model.to(memory_format=fmt)
+    model.to(memory_format=memory_format(cfg.optim.memory_format))
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
-    step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode, fmt)
+    step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
     milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
