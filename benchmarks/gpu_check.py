@@ -102,9 +102,14 @@ def environment(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         env.update(card=props.name, memory_gib=round(props.total_memory / 2**30, 1),
                    capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
-                   driver=_driver(), nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   driver=_driver(), nccl=_nccl(),
                    bf16_supported=torch.cuda.is_bf16_supported())
     return env
+
+
+def _nccl() -> str:
+    version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def _driver() -> str:
@@ -383,6 +388,7 @@ def main() -> None:
     check.section("environment", [("versions", lambda _: environment(device))])
     check.section("pag_step", pag_step_items(device, sizes))
     check.section("auto_rows", auto_rows_items(device, sizes), lambda items: auto_rows_summary(device, items))
+    print(f"gpu_check auto_rows: {check.report['sections']['auto_rows'].get('advice', 'nothing measured')}")
     check.section("cifar10", cifar_items(device, sizes, args.data, out))
     check.section("ddp", [("pagrob train --nproc 1", lambda left: ddp_run(device, sizes, args.data, out, left))])
     print(f"gpu_check: {out / 'gpu_check.md'}")

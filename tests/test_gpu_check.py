@@ -19,15 +19,15 @@ SECTIONS = ["environment", "pag_step", "auto_rows", "cifar10", "ddp"]
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory) -> tuple[Path, dict, str]:
-    """One `--device cpu --tiny` run: its folder, gpu_check.json and gpu_check.md."""
+def rehearsal(tmp_path_factory) -> tuple[Path, dict, str, str]:
+    """One `--device cpu --tiny` run: its folder, gpu_check.json, gpu_check.md and what it printed."""
     out = tmp_path_factory.mktemp("gpu-check")
     src = str(Path(pagrob.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--device", "cpu", "--tiny", "--out",
                            str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
+    return out, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), done.stdout
 
 
 def measured(report: dict, section: str) -> list[dict]:
@@ -37,7 +37,7 @@ def measured(report: dict, section: str) -> list[dict]:
 
 
 def test_every_section_ran_within_the_deadline(rehearsal):
-    _, report, md = rehearsal
+    _, report, md, _ = rehearsal
     assert list(report["sections"]) == SECTIONS
     cifar_there = gpu_check.DEFAULT_DATA.is_file()
     for name in SECTIONS:
@@ -51,7 +51,7 @@ def test_every_section_ran_within_the_deadline(rehearsal):
 
 
 def test_the_pag_table_holds_real_times_and_consistent_ratios(rehearsal):
-    _, report, md = rehearsal
+    _, report, md, _ = rehearsal
     check, *rows = measured(report, "pag_step")
     assert check["ok"] and "loss check" in check["lines"][0]
     assert sorted(r["precision"] for r in rows) == ["bf16", "fp32"]
@@ -67,7 +67,7 @@ def test_the_pag_table_holds_real_times_and_consistent_ratios(rehearsal):
 
 
 def test_auto_rows_recommends_the_fastest_measured_choice(rehearsal):
-    _, report, md = rehearsal
+    _, report, md, stdout = rehearsal
     rows = measured(report, "auto_rows")
     assert [r["classes_per_pass"] for r in rows] == list(gpu_check.TINY.classes_per_pass)
     assert all(r["rows"] == r["B"] * r["classes_per_pass"] and r["seconds"] > 0 for r in rows)
@@ -76,10 +76,11 @@ def test_auto_rows_recommends_the_fastest_measured_choice(rehearsal):
     fastest = min(rows, key=lambda r: (round(r["seconds"] / least, 3), r["rows"]))  # ties: fewer rows
     assert section["recommended_rows"] == fastest["rows"]
     assert section["advice"] in md and "AUTO_ROWS['cpu']" in section["advice"]
+    assert section["advice"] in stdout
 
 
 def test_cifar_runs_train_and_evaluate_with_pagrob_and_report_epochs_per_minute(rehearsal):
-    out, report, md = rehearsal
+    out, report, md, _ = rehearsal
     if not gpu_check.DEFAULT_DATA.is_file():
         assert "no CIFAR-10 npz" in report["sections"]["cifar10"]["items"][0]["skipped"]
         pytest.skip(f"no CIFAR-10 at {gpu_check.DEFAULT_DATA}")
@@ -95,11 +96,15 @@ def test_cifar_runs_train_and_evaluate_with_pagrob_and_report_epochs_per_minute(
 
 
 def test_ddp_ran_under_torchrun_on_gloo(rehearsal):
-    out, report, md = rehearsal
+    out, report, md, _ = rehearsal
     (ddp,) = measured(report, "ddp")
     assert ddp["backend"] == "gloo" and ddp["steps"] >= 1
     assert 0 < ddp["train_seconds"] < ddp["wall_seconds"]
     assert (out / "ddp" / "results.json").is_file() and f"| gloo | None | {ddp['steps']} |" in md
+
+
+def test_the_budgets_fit_the_deadline():
+    assert list(gpu_check.BUDGET_S) == SECTIONS and sum(gpu_check.BUDGET_S.values()) < gpu_check.DEADLINE_S < 480
 
 
 def test_best_rows_weighs_every_batch_size():
