@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -139,9 +140,10 @@ def pag_row(device: torch.device, sizes: Sizes, b: int, k: int, bf16: bool) -> d
 
 
 def pag_step_items(device: torch.device, sizes: Sizes) -> list[tuple[str, Work]]:
-    rows = [(f"B {b}, k {k}, {'bf16' if bf16 else 'fp32'}", lambda _, b=b, k=k, bf16=bf16: pag_row(device, sizes, b, k,
-                                                                                                    bf16))
-            for bf16 in (False, True) for b in sizes.batches for k in sizes.ks]
+    def row(b: int, k: int, bf16: bool) -> tuple[str, Work]:
+        return f"B {b}, k {k}, {'bf16' if bf16 else 'fp32'}", lambda _: pag_row(device, sizes, b, k, bf16)
+
+    rows = [row(b, k, bf16) for bf16 in (False, True) for b in sizes.batches for k in sizes.ks]
     return [("loss check", lambda _: loss_check(device, sizes)), *rows]
 
 
@@ -215,7 +217,7 @@ def cifar_run(name: str, sets: list[str], data, out: Path) -> dict:
     train_s = results["train_seconds"]
     return {"run": name, "method": results["method"], "train_images": len(data.x_train), "epochs": cfg.optim.epochs,
             "train_seconds": train_s, "epochs_per_minute": cfg.optim.epochs * 60 / train_s,
-            "evaluate_seconds": time.perf_counter() - start - train_s, "clean_accuracy": results["clean_accuracy"],
+            "evaluate_seconds": time.perf_counter() - start - train_s,  # and the set-up around training "clean_accuracy": results["clean_accuracy"],
             "n_test": results["n_test"], "robust_accuracy": worst["accuracy"], "robust_n": worst["n_examples"],
             "robust_eps_l2": worst["eps"], "verdict": worst["verdict"],
             "pgd": f"{cfg.eval.pgd_steps} steps x {cfg.eval.pgd_restarts} restarts x {'+'.join(cfg.eval.pgd_losses)}"}
@@ -239,6 +241,19 @@ def cifar_items(device: torch.device, sizes: Sizes, data: Path, out: Path) -> li
             for name, sets in RUNS.items()]
 
 
+def run_group(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`argv` in a session of its own; past `timeout`, the whole session (torchrun's workers too) is killed."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 def ddp_run(device: torch.device, sizes: Sizes, data: Path, out: Path, left: float) -> dict:
     """`pagrob train --nproc 1` in a subprocess (killed when the section's time is up): DDP under torchrun."""
     cifar = ["data.name=cifar10", f"data.data_dir={data}", "model.arch=resnet18", f"model.width={sizes.width}"]
@@ -251,8 +266,7 @@ def ddp_run(device: torch.device, sizes: Sizes, data: Path, out: Path, left: flo
     path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "NCCL_DEBUG": "VERSION", "PYTHONPATH": path}
     start = time.perf_counter()
-    done = subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, env=env,
-                          timeout=max(1.0, left))
+    done = run_group(argv + [a for s in sets for a in ("--set", s)], env, max(1.0, left))
     wall = time.perf_counter() - start
     if done.returncode:
         return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
@@ -346,7 +360,7 @@ def markdown(report: dict) -> str:
             lines += ["", f"Recommended: {a['advice']} ({a['slowdown_vs_each_fastest']:.2f} x each B's fastest)."]
         lines.append("")
     if "cifar10" in s:
-        lines += ["## CIFAR-10, full width", "", "| run | train images | epochs | train s | epochs / min | evaluate s "
+        lines += ["## CIFAR-10, full width", "", "| run | train images | epochs | train s | epochs / min | evaluate (+ set-up) s "
                   "| clean % | PGD L2 0.5 % (n) | guards |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {i['run']} | {i['train_images']} | {i['epochs']} | {i['train_seconds']:.1f} | "
                   f"{_f(i['epochs_per_minute'])} | {i['evaluate_seconds']:.1f} | {100 * i['clean_accuracy']:.1f} | "

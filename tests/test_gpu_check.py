@@ -132,3 +132,16 @@ def test_a_section_records_failures_and_skips_what_its_budget_cannot_hold(tmp_pa
     assert items["fails"]["error"] == "ZeroDivisionError: division by zero" and items["slow"]["value"] == 1
     assert "left of the section's budget" in items["after"]["skipped"]
     assert "trial: fails: ZeroDivisionError" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_subprocess_past_its_time_is_killed_with_its_children(tmp_path):
+    """torchrun's workers are the launcher's children: a timeout must not leave them running."""
+    pid_file = tmp_path / "child.pid"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open('{pid_file}', 'w').write(str(p.pid)); time.sleep(60)")
+    with pytest.raises(subprocess.TimeoutExpired):
+        gpu_check.run_group([sys.executable, "-c", script], dict(os.environ), 2.0)
+    child = int(pid_file.read_text())
+    gpu_check.time.sleep(0.2)
+    state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}").exists() else "gone"
+    assert state in ("gone", "Z"), "the grandchild was killed too"
