@@ -10,8 +10,11 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 CONSTRAINTS ?= -c constraints.txt
 STAMP := $(VENV)/.pagrob-installed
 OUT ?= runs/demo
+# make gpu-check: the one prepared check for a GPU (benchmarks/gpu_check.py, under 8 minutes)
+DATA ?= ../shared/data/cifar10.npz
+GPU_CHECK_OUT ?= runs/gpu-check
 
-.PHONY: demo test env clean
+.PHONY: demo test env clean gpu-check
 
 env: $(STAMP)
 
@@ -27,6 +30,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+gpu-check: $(STAMP)
+	PYTHONPATH=src $(PY) benchmarks/gpu_check.py --data $(DATA) --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf runs .pytest_cache

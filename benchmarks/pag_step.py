@@ -21,7 +21,7 @@ the process's CPU time, which other programs on a shared machine disturb far les
 threads, and on GPUs, wall time. Memory: pag and repeat, one step each in a fresh process: the growth of the
 resident set over the step (VmHWM after it, the high-water mark having been reset through
 /proc/self/clear_refs, minus VmRSS before it; the ~0.6 GB that every process holds for torch itself would
-otherwise hide the step); on a GPU, the growth of max_memory_allocated.
+otherwise hide the step); on a GPU, the growth of max_memory_allocated over the step, in the timing process.
 Check (first configuration, float32): pag's loss equals repeat's to 1e-5 (relative) with batch norm on running
 statistics. In training mode the two differ by design: pag's k gradients of an image see the statistics of the
 B images (one forward pass), repeat's see statistics over B*k rows; that difference is printed too.
@@ -128,14 +128,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_methods(args: argparse.Namespace, b: int, k: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """Median CPU and wall seconds per step, all methods interleaved, after one warm-up round."""
+def time_methods(args: argparse.Namespace, b: int, k: int, device: torch.device, methods: tuple[str, ...] = METHODS
+                 ) -> dict[str, dict[str, float]]:
+    """Median CPU and wall seconds per step, all `methods` interleaved, after one warm-up round."""
     batch = make_batch(args, b, k, device)
     base = make_model(args, device)
-    steps = {name: step_fn(name, copy.deepcopy(base), batch, args) for name in METHODS}
-    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in METHODS}
+    steps = {name: step_fn(name, copy.deepcopy(base), batch, args) for name in methods}
+    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in methods}
     for r in range(args.rounds + 1):
-        for name in METHODS:
+        for name in methods:
             sync(device)
             cpu, wall = time.process_time(), time.perf_counter()
             steps[name]()
@@ -155,7 +156,8 @@ def _status_kb(key: str) -> int:
 
 
 def measure_memory(args: argparse.Namespace, name: str, b: int, k: int, device: torch.device) -> float:
-    """In a fresh process: MB that one step of `name` adds to the resident set (CPU) or allocated memory (GPU)."""
+    """MB that one step of `name` adds to the resident set (CPU: call it in a fresh process) or to the allocated
+    memory (GPU)."""
     step = step_fn(name, make_model(args, device), make_batch(args, b, k, device), args)
     gc.collect()
     if device.type == "cuda":
@@ -184,13 +186,21 @@ def child(argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def clock_for(device: torch.device, threads: int) -> str:
+    """Which of time_methods' clocks a ratio uses: CPU time at one CPU thread, else wall time."""
+    return "cpu" if device.type == "cpu" and threads == 1 else "wall"
+
+
 def one_configuration(args: argparse.Namespace, b: int, k: int, threads: int, device: torch.device) -> dict:
     """Times (this process) and memory (one fresh process per method) of one configuration."""
     times = time_methods(args, b, k, device)
-    clock = "cpu" if device.type == "cpu" and threads == 1 else "wall"
+    clock = clock_for(device, threads)
     t = {m: times[m][clock] for m in METHODS}
     config = ["--batch", str(b), "--k", str(k), "--threads", str(threads)]
-    memory = {m: child([*common_argv(args), *config, "--memory-of", m])["mb"] for m in MEMORY_OF}
+    if device.type == "cuda":  # the allocator's peak resets per step: no fresh process needed
+        memory = {m: measure_memory(args, m, b, k, device) for m in MEMORY_OF}
+    else:
+        memory = {m: child([*common_argv(args), *config, "--memory-of", m])["mb"] for m in MEMORY_OF}
     c = classes_per_pass(args.step, make_batch(args, b, k, device).x, k)
     step = "serial" if c == 1 else "batched" if c == k else f"batched {c}"
     return {"B": b, "k": k, "threads": threads, "step": step, "clock": clock, "seconds": t, "mb": memory}
@@ -250,7 +260,7 @@ def print_row(r: dict) -> None:
           f"{t['pag'] / t['vanilla']:11.1f} {t['pag'] / t['at7']:7.2f}  {r['clock']}", flush=True)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage (64: real ResNet-18)")
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 128], help="images per step (B)")
@@ -264,7 +274,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the PAG step's top operators, first config")
     parser.add_argument("--memory-of", choices=MEMORY_OF, help=argparse.SUPPRESS)  # internal: one fresh process
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: one configuration
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not all(1 <= k <= CLASSES for k in args.k):
         raise SystemExit(f"--k must be between 1 and {CLASSES}, got {args.k}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -85,10 +85,27 @@ def test_two_gloo_processes_match_each_other_and_one_process_across_a_crash(tmp_
     assert rows[-1]["train_pag"] == pytest.approx(singles[-1]["train_pag"], abs=1e-3)
 
 
-def test_pagrob_train_nproc_2_from_the_command_line(tmp_path):
-    """`python -m pagrob train --nproc 2` runs torchrun's launcher; rank 0 writes one ordinary run folder."""
+def test_one_torchrun_process_joins_a_group_and_trains_under_ddp(monkeypatch):
+    """WORLD_SIZE=1 from torchrun is still DDP (so one GPU checks NCCL); no WORLD_SIZE is a plain process."""
+    assert not distributed.start(torch.device("cpu")).active
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.setenv(name, "1" if name == "WORLD_SIZE" else "0")
+    ctx = distributed.start(torch.device("cpu"))
+    try:
+        assert ctx.active and ctx.world == 1 and torch.distributed.get_backend() == "gloo"
+        assert isinstance(distributed.wrap(torch.nn.Linear(2, 2), ctx), torch.nn.parallel.DistributedDataParallel)
+    finally:
+        distributed.stop(ctx)
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_pagrob_train_nproc_from_the_command_line(tmp_path, nproc):
+    """`python -m pagrob train --nproc N` runs torchrun's launcher, N = 1 too; rank 0 writes one ordinary run
+    folder."""
     sets = ["device=cpu", "pag.source=exact", "optim.epochs=1", "eval.n=50", "eval.eps_l2=[0]"]
-    argv = [sys.executable, "-m", "pagrob", "--quiet", "train", "--nproc", "2", "--out", str(tmp_path / "ddp")]
+    argv = [sys.executable, "-m", "pagrob", "--quiet", "train", "--nproc", str(nproc), "--out", str(tmp_path / "ddp")]
     done = subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -97,3 +114,14 @@ def test_pagrob_train_nproc_2_from_the_command_line(tmp_path):
     ddp, single = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("ddp", "single"))
     assert max_difference(ddp, single) < 1e-5
     assert not (tmp_path / "ddp" / "checkpoints").exists()
+
+
+def test_nproc_1_launches_torchrun_rather_than_training_here(tmp_path, monkeypatch):
+    """`--nproc 1` is one DDP process under torchrun's launcher; without --nproc, this process trains alone."""
+    from pagrob import cli
+
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append((nproc, argv)))
+    assert cli.main(["train", "--nproc", "1", "--out", str(tmp_path / "run"), "--set", "device=cpu"]) == 0
+    assert launched == [(1, ["train", "--out", str(tmp_path / "run"), "--set", "device=cpu"])]
+    assert not (tmp_path / "run").exists(), "nothing trained in this process"

@@ -93,10 +93,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if args.out is None:
         raise ConfigError("train needs --out RUN_DIR (or --dry-run to check the config without training)")
-    if args.nproc < 1:
+    if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = _train_config(args)
-    if args.nproc > 1:
+    if args.nproc is not None:
         _launch_train(args, cfg)
         return
     out = train_and_evaluate(cfg, Path(args.out), progress=not args.quiet, resume=args.resume)
@@ -221,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="RUN_DIR",
                    help="fine-tune: start from this run folder's weights (trained or imported); the model and data "
                         "keys the config leaves out are taken from it")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train on N processes with DDP (one per GPU, or gloo on CPU); the same as "
-                        "torchrun --nproc_per_node=N -m pagrob train ...")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train on N processes with DDP (one per GPU, or gloo on CPU), N = 1 included; the same as "
+                        "torchrun --nproc_per_node=N -m pagrob train ... (default: this process, no DDP)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="attack a trained run (AutoAttack by default), run the gradient-masking "

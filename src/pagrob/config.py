@@ -104,6 +104,10 @@ class AdvConfig:
     trades_beta: float = 6.0  # TRADES: weight of KL(p(x) || p(x')) beside the clean cross-entropy
 
 
+PRECISIONS = ("fp32", "bf16")  # optim.precision
+MEMORY_FORMATS = ("contiguous", "channels_last")  # optim.memory_format
+
+
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd (with momentum) | adam (momentum unused)
@@ -114,6 +118,10 @@ class OptimConfig:
     weight_decay: float = 1e-4
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, lr x0.1
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: after each epoch only); see --resume
+    # fp32 | bf16: bfloat16 autocast over each training step (the PAG double backward included); evaluation and
+    # its attacks always run in float32, so robust accuracy never depends on it
+    precision: str = "fp32"
+    memory_format: str = "contiguous"  # contiguous | channels_last: layout of the model and batches in training
 
 
 @dataclass
@@ -308,6 +316,12 @@ def validate(cfg: Config) -> None:
     _check(cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}")
     _check(cfg.optim.momentum >= 0, f"optim.momentum must be >= 0, got {cfg.optim.momentum}")
     _check(cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    _check(cfg.optim.precision in PRECISIONS,
+           f"optim.precision must be {' or '.join(PRECISIONS)}, got '{cfg.optim.precision}'")
+    _check(cfg.optim.memory_format in MEMORY_FORMATS,
+           f"optim.memory_format must be {' or '.join(MEMORY_FORMATS)}, got '{cfg.optim.memory_format}'")
+    _check(cfg.optim.precision == "fp32" or cfg.pag.step != "batched",
+           "pag.step=batched does not run under bf16 autocast; use pag.step=auto or serial (or optim.precision=fp32)")
     _check(cfg.optim.checkpoint_every >= 0,
            f"optim.checkpoint_every must be >= 0 (0 = after each epoch only), got {cfg.optim.checkpoint_every}")
     _check(all(0 < m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in (0, 1]")

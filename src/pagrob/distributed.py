@@ -6,7 +6,8 @@ DDP averages the ranks' gradients, and each rank's loss is weighted by its share
 Rank 0 alone writes checkpoints, metrics, the model and the results.
 
 `launch(nproc, argv)` is `pagrob train --nproc N`: torchrun's launcher, in this process, running
-`python -m pagrob <argv>` N times.
+`python -m pagrob <argv>` N times. A process torchrun started joins a process group and trains under DDP even
+alone (N = 1), so one GPU exercises NCCL and DDP as N would.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Context:
     device: torch.device
     rank: int = 0
     world: int = 1
+    grouped: bool = False  # in a process group (started by torchrun), however many processes
 
     @property
     def main(self) -> bool:
@@ -42,7 +44,7 @@ class Context:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.grouped
 
 
 def _env_int(name: str, default: int) -> int:
@@ -50,14 +52,13 @@ def _env_int(name: str, default: int) -> int:
 
 
 def start(device: torch.device) -> Context:
-    """Join the process group torchrun described in the environment (a no-op for a single process).
+    """Join the process group torchrun described in the environment (a no-op for a process torchrun did not start).
 
     On CUDA each process takes GPU LOCAL_RANK and NCCL; on CPU the processes talk over gloo.
     """
-    world = _env_int("WORLD_SIZE", 1)
-    if world == 1:
+    if "WORLD_SIZE" not in os.environ:
         return Context(device)
-    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    world, rank, local = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ConfigError(f"{world} processes on this machine need {local + 1}+ GPUs, but PyTorch sees "
@@ -65,8 +66,13 @@ def start(device: torch.device) -> Context:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Context(device, rank, world)
+        dist.init_process_group(backend(device), rank=rank, world_size=world)
+    return Context(device, rank, world, grouped=True)
+
+
+def backend(device: torch.device) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def stop(ctx: Context, failed: bool = False) -> None:
@@ -85,7 +91,7 @@ def stop(ctx: Context, failed: bool = False) -> None:
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
-    """DDP around `model` for several processes, the model itself for one.
+    """DDP around `model` in a process group (even of one process), the model itself outside one.
 
     No static_graph: AT + PAG calls the model twice in a step, which a static graph silently gets wrong.
     No buffer broadcast: it overwrites buffers in place between those two calls, which autograd refuses;

@@ -22,7 +22,7 @@ from pagrob.config import Config
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.images import TORCHVISION, open_npz
 from pagrob.errors import DatasetError
-from pagrob.devices import resolve_device
+from pagrob.devices import autocast, resolve_device
 from pagrob.parts import assemble, check_against_data, config_source
 from pagrob.targets import STORE_PREFIX, TargetSource
 from pagrob.train import Step, lam_at, train_step
@@ -122,7 +122,8 @@ def _timed_step(model: nn.Module, x: Tensor, y: Tensor, step: Step, opt: torch.o
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
-    loss, parts = train_step(model, x, y, torch.arange(len(x), device=x.device), step)
+    with autocast(x.device, step.cfg.optim.precision):  # as training runs it
+        loss, parts = train_step(model, x, y, torch.arange(len(x), device=x.device), step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

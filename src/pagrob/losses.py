@@ -86,7 +86,8 @@ def classes_per_pass(step: Step, x: Tensor, k: int) -> int:
     the rows bound the backward graph's memory as well. Measured at B = 16, k = 10 on the CPU (busy machine,
     one thread, CPU s per step): 5 classes per pass 0.93, serial 1.03, all 10 in one pass 1.15; memory 0.42 of
     repeating the batch for 5 per pass, 0.18 serial, 0.69 all in one. The CUDA figure is a guess that no GPU has
-    checked yet. Under autocast: serial (the routed layers stand aside there).
+    checked yet (benchmarks/gpu_check.py measures the value to set). Under autocast: serial (the routed layers
+    stand aside there).
     """
     if step not in STEPS:
         raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
@@ -98,7 +99,13 @@ def classes_per_pass(step: Step, x: Tensor, k: int) -> int:
         return 1 if step == "serial" else k
     if autocast:
         return 1
-    most = max(1, min(k, AUTO_ROWS.get(x.device.type, 0) // x.shape[0]))
+    return auto_classes(AUTO_ROWS.get(x.device.type, 0), x.shape[0], k)
+
+
+def auto_classes(rows: int, batch: int, k: int) -> int:
+    """Classes per pass for "auto" with at most `rows` rows per pass: as many as fit (at least 1), shared out
+    evenly over the passes that takes (k = 10 within 4 per pass: 3 passes of 4, 3, 3, so 4)."""
+    most = max(1, min(k, rows // batch))
     return -(-k // -(-k // most))  # as many passes as `most` per pass needs, the classes shared out evenly
 
 

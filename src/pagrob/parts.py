@@ -91,6 +91,9 @@ def check_against_data(cfg: Config, data: Dataset) -> None:
     if cfg.pag.k > data.num_classes:
         raise ConfigError(f"pag.k = {cfg.pag.k} is larger than the number of classes of {data.name} "
                           f"({data.num_classes}); use 0 for all classes")
+    if cfg.optim.memory_format == "channels_last" and not data.is_image:
+        raise ConfigError(f"optim.memory_format=channels_last lays out images (N, C, H, W); {data.name} has inputs "
+                          f"of shape {data.input_shape}: use optim.memory_format=contiguous")
 
 
 @dataclass

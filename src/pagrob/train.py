@@ -7,6 +7,10 @@ TRADES replaces the CE at x' by CE(f(x), y) + beta * KL(f(x) || f(x')).
 Runs on one process or, under torchrun, on several with DDP (`pagrob.distributed`), and checkpoints into
 <run>/checkpoints (`pagrob.checkpoint`) so that a killed run resumed with `resume=True` ends bit-for-bit
 where an uninterrupted one would on CPU.
+
+`optim.precision=bf16` runs each step (forward, PAG double backward, adversary) under bfloat16 autocast and
+`optim.memory_format=channels_last` lays out the model and batches for a GPU's fastest convolutions; the model
+handed on to evaluation is float32 and contiguous either way.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
 from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment
-from pagrob.devices import resolve_device
+from pagrob.devices import autocast, memory_format, resolve_device
 from pagrob.errors import RunError
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.parts import Adversary, assemble, check_against_data
@@ -77,6 +81,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
     else:
         x, both = augment(x, aug_mode, generator, torch.cat([targets, noise[:, None]], 1))
         targets, noise = both[:, :-1], both[:, -1]
+    x = x.contiguous(memory_format=memory_format(cfg.optim.memory_format))
     x_adv = None
     if adversary is not None:
         model.eval()
@@ -269,6 +274,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     if cfg.init:  # fine-tuning: the weights (normalisation layer included) of the run it starts from
         state, init = starting_point(cfg.init)
         load_weights(model, state, f"the weights of --init {cfg.init}")
+    model.to(memory_format=memory_format(cfg.optim.memory_format))
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
     step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
@@ -311,7 +317,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             for i in bar:
                 idx = order[i:i + cfg.optim.batch_size]
                 local = distributed.local_slice(idx, ctx)
-                loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], local, step, lam=lam)
+                with autocast(ctx.device, cfg.optim.precision):
+                    loss, parts = train_step(ddp, data.x_train[local], data.y_train[local], local, step, lam=lam)
                 if distributed.any_rank(not math.isfinite(parts["loss"]), ctx):
                     value = parts["loss"] if not math.isfinite(parts["loss"]) else "NaN or Inf in another process"
                     raise _nonfinite(f"the training loss became {value}", prog.step + 1, epoch + 1, folder)
@@ -345,6 +352,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             metrics_file.close()
         if writer is not None:
             writer.close()
+    # evaluation sees the same float32, contiguous model whatever the training's precision and layout
+    model.to(memory_format=torch.contiguous_format)
     return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init)
 
 
@@ -358,7 +367,7 @@ def train(cfg: Config, out: Path, progress: bool = True, data: Dataset | None = 
     """Train and save the weights into the run folder `out`; evaluation is `pagrob.evaluate`'s (see
     `pagrob.pipeline`). Returns the trained model on the process that writes, None on the others.
 
-    Under torchrun (WORLD_SIZE > 1) each process trains its slice of every global batch with DDP and rank 0
+    Under torchrun (any WORLD_SIZE, 1 included) each process trains its slice of every global batch with DDP and rank 0
     alone writes. `resume` continues from the newest good checkpoint in `out`. The checkpoints stay until the
     run's evaluation is written, so a run killed while being evaluated resumes too.
     """
