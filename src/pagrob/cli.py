@@ -345,6 +345,7 @@ def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to write; rerunning continues from its checkpoint")
     p.add_argument("--holdout", type=int, default=0,
                    help="hold out N training images (data.holdout's seeded choice): never trained on")
+    p.add_argument("--train-n", type=int, default=0, help="train on the first N of the rest only (data.train_n)")
     p.add_argument("--sigmas", type=float, nargs="+", metavar="SIGMA",
                    help="train our EDM UNet at these noise levels only (pixel units, as pag.sigma; SBG then takes "
                         "pag.sbg_sigma); default: the DDPM UNet over a timestep band")

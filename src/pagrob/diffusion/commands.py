@@ -15,11 +15,11 @@ from pagrob.targets.store import build_store
 
 
 def train_score_model_command(args: argparse.Namespace) -> Path:
-    data = load_dataset(args.dataset, args.data_dir, holdout=args.holdout)
+    data = load_dataset(args.dataset, args.data_dir, holdout=args.holdout, train_n=args.train_n)
     cfg = ScoreTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                            label_dropout=args.label_dropout, ema=args.ema, seed=args.seed, t_min=args.t_min,
                            t_max=args.t_max, reference=args.reference, sigmas=args.sigmas or [],
-                           minutes=args.minutes, holdout=args.holdout)
+                           minutes=args.minutes, holdout=args.holdout, train_n=args.train_n)
     return train_score_model(data, Path(args.out), cfg, resolve_device(args.device), progress=not args.quiet)
 
 

@@ -118,10 +118,11 @@ def plot_panel(comp: Comparison, targets: dict[str, Tensor], sigma: float, names
     for j in range(count):
         y = int(comp.y[j])
         t = (y + 1) % comp.train.num_classes
-        axes[0, j].imshow(comp.x[j].permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].imshow(comp.x[j].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
         axes[0, j].set_title(f"{names[y]} → {names[t]}", fontsize=6)
         for r, name in enumerate(SOURCES, 1):
-            axes[r, j].imshow(for_display(targets[name][j, t], shape).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+            picture = for_display(targets[name][j, t], shape).squeeze(-1).numpy()
+            axes[r, j].imshow(picture, cmap="gray", vmin=0, vmax=1)
             if j == 0:
                 axes[r, 0].set_ylabel(name, fontsize=7)
     for ax in axes.flat:
