@@ -89,7 +89,8 @@ def test_dry_run_lists_every_run_its_files_and_cost(tmp_path, cifar_file):
     for name in ("vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "pag-sbg", "at-l2", "at-l2+pag-smooth"):
         assert f"- {name} (" in text
     assert f"present: {cifar_file}" in text and "target stores: 1" in text and "estimated total" in text
-    assert f"score model: EDM UNet width 8 at sigmas [2.0], 2 steps of 8, into {tmp_path / 'score-model'}" in text
+    assert f"score model: EDM UNet width 8 at sigmas [2.0], 2 steps of 8 (time not estimated: give it a minutes " \
+           f"cap), into {tmp_path / 'score-model'}" in text
     assert not (tmp_path / "runs").exists()  # a dry run trains nothing
 
 

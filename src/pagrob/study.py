@@ -18,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -165,9 +165,8 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         raise ConfigError(f"study preset {path}: the runs must share one data section (only the objective may "
                           "differ between them)")
     ev = tree.get("evaluation") or {}
-    if score_model is not None:
-        data_cfg = runs[0].cfg.data
-        score_model.holdout, score_model.train_n = data_cfg.holdout, data_cfg.train_n
+    if score_model is not None:  # trained on the runs' own training images
+        score_model = replace(score_model, holdout=runs[0].cfg.data.holdout, train_n=runs[0].cfg.data.train_n)
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
                  int((tree.get("figures") or {}).get("images", 4)), score_model)
@@ -340,14 +339,13 @@ def dry_run_study(study: Study, out: Path) -> str:
                      f"data: {needs}")
         if run.store is not None:
             lines.append(f"    targets: {run.cfg.pag.source} (sigma {run.cfg.pag.sigma:g}) precomputed into {run.store}")
-    if any(run.score_model is not None for run in study.runs) and study.score_model is not None:
+    if any(run.score_model is not None for run in study.runs):  # load_study saw to study.score_model
         sm = study.score_model
-        budget = 60 * sm.minutes if sm.minutes else 0.0
-        total += budget
+        total += 60 * sm.minutes
+        cost = f"{sm.minutes:g} min at most" if sm.minutes else "time not estimated: give it a minutes cap"
         lines.append(f"score model: EDM UNet width {sm.width or 32} at sigmas {sm.sigmas}, {sm.steps} steps of "
-                     f"{sm.batch_size}{f' or {sm.minutes:g} min, whichever first' if sm.minutes else ''}, into "
-                     f"{out / SCORE_MODEL} (the SBG runs' steps above were timed with stand-in targets until it "
-                     "exists: add one UNet pass per image and target class)")
+                     f"{sm.batch_size} ({cost}), into {out / SCORE_MODEL}; until it exists the SBG runs' steps above "
+                     "are timed with stand-in targets (add one UNet pass per image and label)")
     stores = {run.store for run in study.runs if run.store is not None}
     if stores:
         n_all = n_train + n_test

@@ -57,9 +57,10 @@ def comparison_data(dataset: str, data_path: str, holdout: int, split: str, n: i
         raise ConfigError(f"{score_model} has no {TRAIN_CONFIG}, so the images it trained on are unknown; compare a "
                           "model trained by pagrob targets train-score-model")
     settings = json.loads(settings_path.read_text())
-    if settings.get("holdout", 0) != holdout:
-        raise ConfigError(f"{score_model} was trained with --holdout {settings.get('holdout', 0)}, not {holdout}: "
-                          f"compare with --holdout {settings.get('holdout', 0)} so that no compared image was trained on")
+    trained = settings.get("holdout", 0)
+    if trained != holdout:
+        raise ConfigError(f"{score_model} was trained with --holdout {trained}, not {holdout}: compare with "
+                          f"--holdout {trained} so that no compared image was trained on")
     if split == "validation" and not holdout:
         raise ConfigError("--split validation needs --holdout N (the images held out of the score model's training)")
     full = load_dataset(dataset, data_path)

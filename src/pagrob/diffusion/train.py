@@ -180,7 +180,7 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
     # Linear warm-up over 200 steps, then linear decay to 5 % of lr at cfg.steps.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 1 - s / cfg.steps))
     generator = torch.Generator().manual_seed(cfg.seed)
-    step, seconds, loss_value = 0, 0.0, float("nan")
+    step, seconds, loss_value = 0, 0.0, None
     if (out / CHECKPOINT).is_file():
         _check_resume(out, settings)
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
@@ -189,7 +189,7 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         generator.set_state(state["rng"])
-        step, seconds = int(state["step"]), float(state.get("seconds", 0.0))
+        step, seconds, loss_value = int(state["step"]), float(state.get("seconds", 0.0)), state.get("loss")
     (out / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2))
     x, y = data.x_train.to(device), data.y_train.to(device)
 
@@ -201,7 +201,8 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
     def save() -> None:
         tmp = out / (CHECKPOINT + ".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "rng": generator.get_state(), "step": step, "seconds": seconds}, tmp)
+                    "sched": sched.state_dict(), "rng": generator.get_state(), "step": step, "seconds": seconds,
+                    "loss": loss_value}, tmp)
         tmp.replace(out / CHECKPOINT)
         ema.save(out)
         report()
@@ -244,5 +245,4 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
     bar.close()
     if not (out / META_FILE).is_file():  # a finished run whose exported model was deleted
         save()
-    report()
     return out
