@@ -42,15 +42,17 @@ def cifar_file(tmp_path_factory) -> Path:
 def test_runs_of_a_study_differ_only_in_their_objective(preset, tmp_path):
     study = load_study(preset, tmp_path, data="/some/cifar10.npz")
     names = [r.name for r in study.runs]
-    assert names == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"]
+    assert names == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "pag-sbg", "at-l2", "at-l2+pag-smooth"]
     trees = [flat(to_dict(r.cfg)) for r in study.runs]
     differing = {k for t in trees for k in t if t[k] != trees[0][k]}
     assert differing == OBJECTIVE
     assert all(r.cfg.data.data_dir == "/some/cifar10.npz" for r in study.runs)
-    assert [r.cfg.method for r in study.runs] == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2",
-                                                  "at-l2+pag-smooth"]
+    assert [r.cfg.method for r in study.runs] == ["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "pag-sbg",
+                                                  "at-l2", "at-l2+pag-smooth"]
     stores = {r.store for r in study.runs if r.store is not None}
     assert len(stores) == 1 and next(iter(stores)).parent == tmp_path / "stores"  # built once, shared by two runs
+    assert [r.name for r in study.runs if r.score_model] == ["pag-sbg"]
+    assert study.runs[5].score_model == tmp_path / "score-model" and study.score_model.sigmas
 
 
 def test_paper_preset_runs_the_papers_recipes(tmp_path):
@@ -70,13 +72,25 @@ def test_presets_and_their_mistakes_are_refused_before_any_work(tmp_path):
     bad.write_text("base: {data: {name: cifar10}}\nruns: {a: [], b: [data.train_n=5]}\n")
     with pytest.raises(ConfigError, match="share one data section"):
         load_study(str(bad), tmp_path)
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {a: [pag.source=sbg]}\n")
+    with pytest.raises(ConfigError, match="study run a: pag.source=sbg needs a score model; give the preset"):
+        load_study(str(bad), tmp_path)
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {a: [pag.source=sbg, pag.sbg_sigma=3]}\n"
+                   "score_model: {sigmas: [1, 2]}\n")
+    with pytest.raises(ConfigError, match=r"pag.sbg_sigma=3 is not among the score model's sigmas \[1.0, 2.0\]"):
+        load_study(str(bad), tmp_path)
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {a: []}\nscore_model: {sigmas: [1], epochs: 3}\n")
+    with pytest.raises(ConfigError, match=r"score_model knows only .* \(found \['epochs'\]\)"):
+        load_study(str(bad), tmp_path)
 
 
 def test_dry_run_lists_every_run_its_files_and_cost(tmp_path, cifar_file):
     text = dry_run_study(load_study("smoke", tmp_path, data=str(cifar_file)), tmp_path)
-    for name in ("vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"):
+    for name in ("vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "pag-sbg", "at-l2", "at-l2+pag-smooth"):
         assert f"- {name} (" in text
     assert f"present: {cifar_file}" in text and "target stores: 1" in text and "estimated total" in text
+    assert f"score model: EDM UNet width 8 at sigmas [2.0], 2 steps of 8 (time not estimated: give it a minutes " \
+           f"cap), into {tmp_path / 'score-model'}" in text
     assert not (tmp_path / "runs").exists()  # a dry run trains nothing
 
 
@@ -98,7 +112,8 @@ def smoke_study(tmp_path_factory, cifar_file) -> Path:
 
 def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
     runs = sorted(p.name for p in (smoke_study / "runs").iterdir())
-    assert runs == sorted(["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "at-l2", "at-l2+pag-smooth"])
+    assert runs == sorted(["vanilla", "pag-oi", "pag-cm", "pag-nn", "pag-smooth", "pag-sbg", "at-l2",
+                           "at-l2+pag-smooth"])
     for name in runs:
         results = json.loads((smoke_study / "runs" / name / "results.json").read_text())
         assert results["dataset"] == "cifar10" and results["test_split"] == "test"
@@ -108,6 +123,9 @@ def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
     for name in ("pag-smooth", "at-l2+pag-smooth"):  # both read the one store the study built
         source = yaml.safe_load((smoke_study / "runs" / name / "config.yaml").read_text())["pag"]["source"]
         assert source == f"store:{smoke_study / 'stores' / 'smooth-sigma2'}"
+    sbg = yaml.safe_load((smoke_study / "runs" / "pag-sbg" / "config.yaml").read_text())["pag"]
+    assert sbg["source"] == "sbg" and sbg["score_model"] == str(smoke_study / "score-model")
+    assert json.loads((smoke_study / "score-model" / "progress.json").read_text())["step"] == 2
     assert (smoke_study / "stores").is_dir() and (smoke_study / "report.html").is_file()
     report = (smoke_study / "report.md").read_text()
     assert "cifar10_targeted.png" in report and (smoke_study / "cifar10_targeted.png").is_file()
@@ -118,12 +136,15 @@ def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
 def test_a_study_started_again_keeps_what_is_done_and_redoes_what_is_not(smoke_study, cifar_file):
     kept = smoke_study / "runs" / "vanilla" / "model.safetensors"
     stamp = kept.stat().st_mtime_ns
+    score_model = smoke_study / "score-model" / "model.safetensors"
+    score_stamp = score_model.stat().st_mtime_ns
     redo = smoke_study / "runs" / "pag-cm"
     for f in redo.iterdir():
         if f.is_file():
             f.unlink()
     report = run_study(load_study("smoke", smoke_study, data=str(cifar_file)), smoke_study, progress=False)
     assert kept.stat().st_mtime_ns == stamp and (redo / "results.json").is_file() and report.is_file()
+    assert score_model.stat().st_mtime_ns == score_stamp  # trained once, kept
 
 
 def test_a_changed_plan_is_refused_in_the_same_folder(smoke_study, cifar_file):

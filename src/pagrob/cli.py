@@ -327,21 +327,36 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"target store: {build_store_command(args)}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pagrob.diffusion.commands import compare_command
+
+    print(f"comparison: {compare_command(args)}")
+
+
 def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
-    """`pagrob targets train-score-model | build`."""
+    """`pagrob targets train-score-model | build | compare`."""
     datasets = _Registry("pagrob.data", "dataset_choices", accepts="known_dataset")
     group = sub.add_parser("targets", help="score models and precomputed target stores")
     targets = group.add_subparsers(dest="targets_command", required=True)
 
     p = targets.add_parser("train-score-model", help="train a class-conditional score model (with a null label)")
     p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", "--data", default="data", help="torchvision's folder, or the CIFAR-10 npz file")
     p.add_argument("--out", required=True, help="folder to write; rerunning continues from its checkpoint")
+    p.add_argument("--holdout", type=int, default=0,
+                   help="hold out N training images (data.holdout's seeded choice): never trained on")
+    p.add_argument("--train-n", type=int, default=0, help="train on the first N of the rest only (data.train_n)")
+    p.add_argument("--sigmas", type=float, nargs="+", metavar="SIGMA",
+                   help="train our EDM UNet at these noise levels only (pixel units, as pag.sigma; SBG then takes "
+                        "pag.sbg_sigma); default: the DDPM UNet over a timestep band")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="stop after this many minutes of training in all (resumed runs add up); 0: --steps only")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=0, help="0: 128 (toy MLP) or 32 (UNet's first level)")
     p.add_argument("--label-dropout", type=float, default=0.2, help="rate of null labels (unconditional score)")
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the weights' moving average that is saved")
     p.add_argument("--t-min", type=int, default=0, help="train on timesteps t-min..t-max only (SBG queries one)")
     p.add_argument("--t-max", type=int, default=-1, help="-1: the schedule's last timestep")
     p.add_argument("--reference", type=int, default=0,
@@ -363,6 +378,19 @@ def _add_targets_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-mb", type=float, default=64, help="approximate size of one shard file")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_build)
+
+    p = targets.add_parser("compare", help="a score model's SBG targets against the exact (smooth) ones and CM/NN, "
+                                           "per class, on held-out images: JSON, Markdown table, panel PNG per sigma")
+    p.add_argument("--dataset", required=True, choices=datasets, metavar="DATASET", help="one of %(choices)s")
+    p.add_argument("--data-dir", "--data", default="data", help="torchvision's folder, or the CIFAR-10 npz file")
+    p.add_argument("--holdout", type=int, default=0, help="the --holdout the score model was trained with")
+    p.add_argument("--score-model", required=True, metavar="DIR", help="a folder of train-score-model --sigmas")
+    p.add_argument("--sigma", type=float, nargs="+", required=True, help="noise levels it was trained at")
+    p.add_argument("--n", type=int, default=500, help="images compared, the first N of the split")
+    p.add_argument("--split", choices=["validation", "test"], default="validation",
+                   help="validation: the held-out training images (default); test: the test split")
+    p.add_argument("--out", required=True, help="folder for compare.json, compare.md, targets_sigma*.png")
+    p.set_defaults(func=cmd_compare)
 
 
 def main(argv: list[str] | None = None) -> int:

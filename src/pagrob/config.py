@@ -86,6 +86,9 @@ class PagConfig:
     seed: int = 0  # chooses the OI images and the NN sample
     score_model: str = ""  # sbg: score-model folder (pagrob targets train-score-model)
     sbg_t: int = 300  # sbg: diffusion timestep of the score query (toy2d score models: noise level (t + 1) / 10)
+    # sbg: > 0: the score query's noise level in pixel units (as pag.sigma), one the score model was trained at
+    # (train-score-model --sigmas); it replaces pag.sbg_t
+    sbg_sigma: float = 0.0
     sbg_draws: int = 1  # sbg: noise draws averaged per image; 0 queries the noise-free point
     # lam x lam_warmup_scale for the first lam_warmup_fraction of the epochs (the authors' ViT: 2/3 for the first half)
     lam_warmup_fraction: float = 0.0
@@ -300,7 +303,8 @@ def validate(cfg: Config) -> None:
     _check(known_dataset(cfg.data.name), f"data.name must be {dataset_names()}, got '{cfg.data.name}'")
     _check(src != "sbg" or bool(cfg.pag.score_model),
            "pag.source=sbg needs pag.score_model=DIR (train one with: pagrob targets train-score-model)")
-    _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0, "pag.sbg_t and pag.sbg_draws must be >= 0")
+    _check(cfg.pag.sbg_t >= 0 and cfg.pag.sbg_draws >= 0 and cfg.pag.sbg_sigma >= 0,
+           "pag.sbg_t, pag.sbg_sigma and pag.sbg_draws must be >= 0")
     _check(0 <= cfg.pag.lam_warmup_fraction <= 1,
            f"pag.lam_warmup_fraction must be in [0, 1], got {cfg.pag.lam_warmup_fraction}")
     _check(cfg.pag.lam_warmup_scale >= 0, f"pag.lam_warmup_scale must be >= 0, got {cfg.pag.lam_warmup_scale}")

@@ -4,6 +4,9 @@ A preset (configs/study/cifar10_<preset>.yaml) holds the whole study in one plac
 run shares (network, optimiser, augmentation, budget), each run's own settings (only the objective differs:
 vanilla, PAG with each target source, adversarial training, both), the evaluation after training and the
 pictures. `smooth` targets are precomputed once into a target store under the study folder and read per batch.
+A preset's `score_model` section is a score model the study trains once into DIR/score-model (before any run,
+resuming like the runs): every run's pag.score_model points there unless it names another, so a `sbg` run
+depends on it by its config alone.
 
 Resuming is the default: finished runs, stores and evaluations found in the study folder are kept, an unfinished
 run continues from its checkpoint, so an interrupted study started again carries on where it stopped.
@@ -15,7 +18,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +28,8 @@ from pagrob import console
 from pagrob.attacks.library import get_version
 from pagrob.config import Config, from_dict, set_key, to_dict, validate
 from pagrob.data import Dataset, load_dataset
+from pagrob.devices import resolve_device
+from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
 from pagrob.dryrun import dry_run
 from pagrob.errors import ConfigError, RunError
 from pagrob.evaluate import ROBUSTBENCH_EPS, evaluate_run, summary_line
@@ -41,6 +46,7 @@ DATASETS = ("cifar10",)
 PRESETS = ("cpu", "paper")  # and `smoke`, the tests' whole pipeline in seconds
 STORE_SOURCES = ("smooth",)  # sources the study precomputes into a store instead of computing per batch
 PLAN = "study.json"
+SCORE_MODEL = "score-model"  # the folder, under the study's, of the score model its `score_model` section trains
 
 
 @dataclass
@@ -48,6 +54,7 @@ class StudyRun:
     name: str
     cfg: Config
     store: Path | None = None  # the store its targets are read from, built by the study
+    score_model: Path | None = None  # the score model its targets come from, trained by the study
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Study:
     n: int  # test images attacked
     alignment: list[str]  # target sources every run is scored against
     figure_images: int
+    score_model: ScoreTrainConfig | None = None  # what the study trains into DIR/score-model first, if any
 
 
 def preset_file(preset: str) -> Path:
@@ -83,8 +91,10 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _run_config(name: str, spec: list | dict, base: dict, data: str | None, overrides: list[str]) -> Config:
-    """One run's config: its recipe (if any), the base, its own settings, then --data and --set."""
+def _run_config(name: str, spec: list | dict, base: dict, data: str | None, overrides: list[str],
+                score_model: Path) -> Config:
+    """One run's config: its recipe (if any), the base, the study's score model unless they name one, its own
+    settings, then --data and --set."""
     spec = {"set": spec} if isinstance(spec, list) else dict(spec or {})
     tree: dict = {}
     if spec.get("recipe"):
@@ -93,6 +103,7 @@ def _run_config(name: str, spec: list | dict, base: dict, data: str | None, over
             raise ConfigError(f"study run {name}: recipe {recipe} not found")
         tree = yaml.safe_load(recipe.read_text()) or {}
     cfg = from_dict(_merge(tree, base))
+    cfg.pag.score_model = cfg.pag.score_model or str(score_model)
     items = list(spec.get("set", [])) + ([f"data.data_dir={data}"] if data else []) + list(overrides)
     for item in items + [f"name={name}"]:
         if "=" not in item:
@@ -105,17 +116,47 @@ def _run_config(name: str, spec: list | dict, base: dict, data: str | None, over
     return cfg
 
 
+def _score_model_settings(path: Path, section: dict | None) -> ScoreTrainConfig | None:
+    """The preset's `score_model` section as training settings (holdout and train_n come from the data section)."""
+    if section is None:
+        return None
+    known = {f.name for f in fields(ScoreTrainConfig)} - {"holdout", "train_n"}
+    if not isinstance(section, dict) or set(section) - known:
+        raise ConfigError(f"study preset {path}: score_model knows only {', '.join(sorted(known))} (found "
+                          f"{sorted(set(section) - known) if isinstance(section, dict) else section!r})")
+    if not section.get("sigmas"):
+        raise ConfigError(f"study preset {path}: score_model needs sigmas, the noise levels its runs query "
+                          "(pag.sbg_sigma)")
+    return ScoreTrainConfig(**section)
+
+
+def _attach_score_model(run: StudyRun, folder: Path, settings: ScoreTrainConfig | None) -> None:
+    """Mark a run whose SBG targets come from the study's score model; refuse a σ it will not be trained at."""
+    if run.cfg.pag.source != "sbg" or Path(run.cfg.pag.score_model) != folder:
+        return
+    if settings is None:
+        raise ConfigError(f"study run {run.name}: pag.source=sbg needs a score model; give the preset a score_model "
+                          "section or the run a pag.score_model=DIR")
+    if run.cfg.pag.sbg_sigma not in settings.sigmas:
+        raise ConfigError(f"study run {run.name}: pag.sbg_sigma={run.cfg.pag.sbg_sigma:g} is not among the score "
+                          f"model's sigmas {settings.sigmas}; set it to one of them")
+    run.score_model = folder
+
+
 def load_study(preset: str, out: Path, data: str | None = None, overrides: list[str] = ()) -> Study:
     """Read a preset into validated run configs: every user error surfaces here, before any training."""
     path = preset_file(preset)
     tree = yaml.safe_load(path.read_text()) or {}
-    unknown = set(tree) - {"description", "base", "runs", "evaluation", "figures"}
+    unknown = set(tree) - {"description", "base", "runs", "evaluation", "figures", "score_model"}
     if unknown or not tree.get("runs"):
         raise ConfigError(f"study preset {path}: needs `runs` and knows only description, base, runs, evaluation, "
-                          f"figures (found {sorted(unknown) or 'no runs'})")
-    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides)))
+                          f"figures, score_model (found {sorted(unknown) or 'no runs'})")
+    score_model = _score_model_settings(path, tree.get("score_model"))
+    folder = out / SCORE_MODEL
+    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides), folder))
             for name, spec in tree["runs"].items()]
     for run in runs:
+        _attach_score_model(run, folder, score_model)
         if run.cfg.pag.source in STORE_SOURCES:
             sigma = f"{run.cfg.pag.sigma:g}"
             run.store = out / "stores" / f"{run.cfg.pag.source}-sigma{sigma}"
@@ -124,9 +165,11 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         raise ConfigError(f"study preset {path}: the runs must share one data section (only the objective may "
                           "differ between them)")
     ev = tree.get("evaluation") or {}
+    if score_model is not None:  # trained on the runs' own training images
+        score_model = replace(score_model, holdout=runs[0].cfg.data.holdout, train_n=runs[0].cfg.data.train_n)
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
-                 int((tree.get("figures") or {}).get("images", 4)))
+                 int((tree.get("figures") or {}).get("images", 4)), score_model)
 
 
 def _say(message: str) -> None:
@@ -136,13 +179,16 @@ def _say(message: str) -> None:
 def _check_plan(out: Path, study: Study) -> None:
     """A study folder holds one study: refuse to mix a different plan into an earlier one's runs."""
     plan = {"preset": study.preset, "runs": {r.name: to_dict(r.cfg) for r in study.runs},
-            "evaluation": {"attack": study.attack, "version": study.version, "n": study.n}}
+            "evaluation": {"attack": study.attack, "version": study.version, "n": study.n},
+            "score_model": study.score_model and asdict(study.score_model)}
     path = out / PLAN
     if path.is_file():
         old = json.loads(path.read_text())
         changed = sorted(k for k in old["runs"].keys() & plan["runs"].keys() if old["runs"][k] != plan["runs"][k])
-        if changed or old.get("evaluation") != plan["evaluation"]:
-            raise RunError(f"{out} holds a study planned differently ({', '.join(changed) or 'evaluation'} changed); "
+        changed += ["evaluation"] if old.get("evaluation") != plan["evaluation"] else []
+        changed += ["score_model"] if old.get("score_model") not in (None, plan["score_model"]) else []
+        if changed:
+            raise RunError(f"{out} holds a study planned differently ({', '.join(changed)} changed); "
                            "start it again with the same preset and settings, or use another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
@@ -154,6 +200,18 @@ def _with_store(run: StudyRun) -> Config:
     if run.store is not None:
         cfg.pag.source = f"{STORE_PREFIX}{run.store}"
     return cfg
+
+
+def _train_score_model(study: Study, data: Dataset, progress: bool) -> None:
+    """Train (or finish, or keep) the score model the study's runs depend on, on the runs' own training images."""
+    users = [run for run in study.runs if run.score_model is not None]
+    if not users or study.score_model is None:
+        return
+    folder = users[0].score_model
+    _say(f"score model for {', '.join(r.name for r in users)}: training into {folder} (continues a killed run)")
+    start = time.perf_counter()
+    train_score_model(data, folder, study.score_model, resolve_device(users[0].cfg.device), progress)
+    _say(f"score model done ({time.perf_counter() - start:.0f} s in this invocation): {folder / 'progress.json'}")
 
 
 def _build_stores(study: Study, data: Dataset, progress: bool) -> None:
@@ -211,6 +269,7 @@ def run_study(study: Study, out: Path, progress: bool = True) -> Path:
     _check_plan(out, study)
     cfg = study.runs[0].cfg
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download, cfg.data.holdout, cfg.data.train_n)
+    _train_score_model(study, data, progress)
     _build_stores(study, data, progress)
     run_dirs = []
     for i, run in enumerate(study.runs, 1):
@@ -280,6 +339,13 @@ def dry_run_study(study: Study, out: Path) -> str:
                      f"data: {needs}")
         if run.store is not None:
             lines.append(f"    targets: {run.cfg.pag.source} (sigma {run.cfg.pag.sigma:g}) precomputed into {run.store}")
+    if any(run.score_model is not None for run in study.runs):  # load_study saw to study.score_model
+        sm = study.score_model
+        total += 60 * sm.minutes
+        cost = f"{sm.minutes:g} min at most" if sm.minutes else "time not estimated: give it a minutes cap"
+        lines.append(f"score model: EDM UNet width {sm.width or 32} at sigmas {sm.sigmas}, {sm.steps} steps of "
+                     f"{sm.batch_size} ({cost}), into {out / SCORE_MODEL}; until it exists the SBG runs' steps above "
+                     "are timed with stand-in targets (add one UNet pass per image and label)")
     stores = {run.store for run in study.runs if run.store is not None}
     if stores:
         n_all = n_train + n_test

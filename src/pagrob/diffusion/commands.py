@@ -1,5 +1,5 @@
-"""What `pagrob targets train-score-model | build` do (the CLI parses their arguments): train a score model,
-precompute a source's targets into a store."""
+"""What `pagrob targets train-score-model | build | compare` do (the CLI parses their arguments): train a score
+model, precompute a source's targets into a store, compare a score model's targets with the exact ones."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from pagrob.targets.store import build_store
 
 
 def train_score_model_command(args: argparse.Namespace) -> Path:
-    data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, holdout=args.holdout, train_n=args.train_n)
     cfg = ScoreTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                           label_dropout=args.label_dropout, seed=args.seed, t_min=args.t_min, t_max=args.t_max,
-                           reference=args.reference)
+                           label_dropout=args.label_dropout, ema=args.ema, seed=args.seed, t_min=args.t_min,
+                           t_max=args.t_max, reference=args.reference, sigmas=args.sigmas or [],
+                           minutes=args.minutes, holdout=args.holdout, train_n=args.train_n)
     return train_score_model(data, Path(args.out), cfg, resolve_device(args.device), progress=not args.quiet)
 
 
@@ -30,3 +31,10 @@ def build_store_command(args: argparse.Namespace) -> Path:
     source = build_source(args.source, cfg.pag, data).to(device)
     return build_store(Path(args.out), data, source, source_spec(args.source, cfg.pag), tuple(args.splits),
                        args.batch_size, args.shard_mb, device, progress=not args.quiet)
+
+
+def compare_command(args: argparse.Namespace) -> Path:
+    from pagrob.diffusion.compare import compare_targets  # matplotlib: only this verb needs it
+
+    return compare_targets(args.dataset, args.data_dir, args.holdout, Path(args.score_model), args.sigma, args.n,
+                           Path(args.out), args.split, progress=not args.quiet)

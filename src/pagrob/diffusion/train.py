@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,10 +18,15 @@ from torch import Tensor
 
 from pagrob import console
 from pagrob.data import Dataset
-from pagrob.diffusion.models import META_FILE, ScoreModel, ScoreModelError, ToyScoreMLP, UNetScore
+from pagrob.diffusion.models import META_FILE, EDMScore, ScoreModel, ScoreModelError, ToyScoreMLP, UNetScore
+from pagrob.files import write_json
 
 CHECKPOINT = "checkpoint.pt"
 TRAIN_CONFIG = "train_config.json"
+PROGRESS = "progress.json"
+SAVE_SECONDS = 120  # a checkpoint at least this often, so a kill loses at most two minutes
+LINE_SECONDS = 60  # off a terminal, a progress line at least this often
+BUDGET_KEYS = ("steps", "minutes")  # may change between invocations: more of either trains further
 
 
 @dataclass
@@ -37,8 +43,20 @@ class ScoreTrainConfig:
     t_min: int = 0
     t_max: int = -1
     reference: int = 0  # > 0: stable targets over this many reference images per step (less variance)
+    # Noise levels (data units, as pag.sigma) of an EDM UNet trained at these only; empty: the DDPM UNet (images)
+    # or the toy MLP (points) over the timestep band.
+    sigmas: list[float] = field(default_factory=list)
+    minutes: float = 0.0  # > 0: stop after this much training time, summed over resumed invocations
+    # Recorded, not applied (the caller loads the data): the training images held out (never seen) and the first
+    # train_n kept (0: all), so a comparison computes the exact targets from the same training images.
+    holdout: int = 0
+    train_n: int = 0
 
     def __post_init__(self) -> None:
+        self.sigmas = [float(s) for s in self.sigmas]
+        if any(s <= 0 for s in self.sigmas) or min(self.minutes, self.holdout, self.train_n) < 0:
+            raise ScoreModelError(f"score-model training needs sigmas > 0 and minutes, holdout, train_n >= 0, got "
+                                  f"{self.sigmas}, {self.minutes}, {self.holdout}, {self.train_n}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.width < 0 or self.reference < 0:
             raise ScoreModelError("score-model training needs steps >= 1, batch size >= 1, lr > 0, width >= 0 and "
                                   "reference >= 0")
@@ -50,8 +68,13 @@ class ScoreTrainConfig:
                                   f"{self.ema}")
 
 
-def build_score_model(data: Dataset, width: int = 0) -> ScoreModel:
-    """A toy MLP for points, a UNet for images; data scaled to unit spread (points) or [-1, 1] (images)."""
+def build_score_model(data: Dataset, width: int = 0, sigmas: list[float] = ()) -> ScoreModel:
+    """A toy MLP for points, a UNet for images (our EDM one when trained at given noise levels `sigmas`); data
+    scaled to unit spread (points) or [-1, 1] (images)."""
+    if sigmas:
+        if not data.is_image:
+            raise ScoreModelError(f"--sigmas trains an image model; {data.name} is not images (leave --sigmas out)")
+        return EDMScore(data.num_classes, data.input_shape, sigmas, width or 32, data.name)
     if data.is_image:
         return UNetScore.create(data.num_classes, data.input_shape, width or 32, data.name)
     offset = float(data.x_train.mean())
@@ -108,8 +131,9 @@ def diffusion_loss(model: ScoreModel, x: Tensor, y: Tensor, label_dropout: float
 
 
 def _check_resume(out: Path, settings: dict) -> None:
-    saved = json.loads((out / TRAIN_CONFIG).read_text())
-    differs = {k: (saved.get(k), v) for k, v in settings.items() if k != "steps" and saved.get(k) != v}
+    """Refuse to continue a checkpoint under other settings (a key it predates counts as its default)."""
+    saved = {**asdict(ScoreTrainConfig()), **json.loads((out / TRAIN_CONFIG).read_text())}
+    differs = {k: (saved.get(k), v) for k, v in settings.items() if k not in BUDGET_KEYS and saved.get(k) != v}
     if differs:
         what = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in differs.items())
         raise ScoreModelError(f"{out} holds a score model trained with other settings ({what}); use another --out "
@@ -130,19 +154,25 @@ def small_model_threads(model: torch.nn.Module, device: torch.device | str):
         torch.set_num_threads(before)
 
 
+def _budget_left(cfg: ScoreTrainConfig, step: int, seconds: float) -> bool:
+    return step < cfg.steps and not (cfg.minutes and seconds >= 60 * cfg.minutes)
+
+
 def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTrainConfig(),
                       device: torch.device | str = "cpu", progress: bool = True, save_every: int = 500) -> Path:
     """Train (or continue training) the score model of `data` into `out`; returns `out`.
 
-    The checkpoint (weights, EMA weights, optimiser, step, random state) is written every `save_every` steps;
-    rerunning with the same settings continues from it, and with more `steps` trains further.
+    Stops at `cfg.steps` or after `cfg.minutes` of training in all, whichever comes first. The checkpoint
+    (weights, EMA weights, optimiser, step, random state, seconds trained) is written every `save_every` steps
+    and every SAVE_SECONDS; rerunning with the same settings continues from it, and with more steps or minutes
+    trains further. `progress.json` says how far it got, for a person or a script watching a long run.
     """
     out.mkdir(parents=True, exist_ok=True)
     settings = {"dataset": data.name, **asdict(cfg)}
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on cfg.seed only
         torch.manual_seed(cfg.seed)
-        model = build_score_model(data, cfg.width).to(device)
-        ema = build_score_model(data, cfg.width).to(device)
+        model = build_score_model(data, cfg.width, cfg.sigmas).to(device)
+        ema = build_score_model(data, cfg.width, cfg.sigmas).to(device)
     ema.load_state_dict(model.state_dict())
     band = (cfg.t_min, model.num_timesteps - 1 if cfg.t_max == -1 else cfg.t_max)
     model.check_timestep(band[1])
@@ -150,7 +180,7 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
     # Linear warm-up over 200 steps, then linear decay to 5 % of lr at cfg.steps.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 1 - s / cfg.steps))
     generator = torch.Generator().manual_seed(cfg.seed)
-    step = 0
+    step, seconds, loss_value = 0, 0.0, None
     if (out / CHECKPOINT).is_file():
         _check_resume(out, settings)
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
@@ -159,23 +189,31 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         generator.set_state(state["rng"])
-        step = int(state["step"])
+        step, seconds, loss_value = int(state["step"]), float(state.get("seconds", 0.0)), state.get("loss")
     (out / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2))
     x, y = data.x_train.to(device), data.y_train.to(device)
+
+    def report() -> None:
+        write_json(out / PROGRESS, {"step": step, "steps": cfg.steps, "minutes_trained": round(seconds / 60, 2),
+                                    "minutes_budget": cfg.minutes, "loss": loss_value,
+                                    "done": not _budget_left(cfg, step, seconds)})
 
     def save() -> None:
         tmp = out / (CHECKPOINT + ".tmp")
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "rng": generator.get_state(), "step": step}, tmp)
+                    "sched": sched.state_dict(), "rng": generator.get_state(), "step": step, "seconds": seconds,
+                    "loss": loss_value}, tmp)
         tmp.replace(out / CHECKPOINT)
         ema.save(out)
+        report()
 
     bar = console.bar(total=cfg.steps, initial=min(step, cfg.steps), desc=f"score model {data.name}",
                       enabled=progress)
-    every = max(1, cfg.steps // 10)  # off a terminal: a line every tenth of the steps
+    every = max(1, cfg.steps // 10)  # off a terminal: a line every tenth of the steps (or every LINE_SECONDS)
     model.train()
+    start, last_save, last_line = time.perf_counter() - seconds, time.perf_counter(), time.perf_counter()
     with small_model_threads(model, device):
-        while step < cfg.steps:
+        while _budget_left(cfg, step, seconds):
             idx = torch.randint(len(x), (cfg.batch_size,), generator=generator).to(device)
             reference = None
             if cfg.reference:
@@ -192,11 +230,17 @@ def train_score_model(data: Dataset, out: Path, cfg: ScoreTrainConfig = ScoreTra
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), model.parameters()):
                     e.lerp_(p, 1 - decay)
+            loss_value = loss.item()
+            now = time.perf_counter()
+            seconds = now - start
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % every == 0 and not console.interactive():
-                console.line(f"score model {data.name}: step {step}/{cfg.steps}, loss {loss.item():.4f}", progress)
-            if step % save_every == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if (step % every == 0 or now - last_line >= LINE_SECONDS) and not console.interactive():
+                last_line = now
+                console.line(f"score model {data.name}: step {step}/{cfg.steps}, {seconds / 60:.1f} min"
+                             f"{f' of {cfg.minutes:g}' if cfg.minutes else ''}, loss {loss_value:.4f}", progress)
+            if step % save_every == 0 or now - last_save >= SAVE_SECONDS or not _budget_left(cfg, step, seconds):
+                last_save = now
                 save()
     bar.close()
     if not (out / META_FILE).is_file():  # a finished run whose exported model was deleted

@@ -107,10 +107,12 @@ def open_score_source(cfg: PagConfig, dataset: Dataset) -> ScoreBased:
                           f"{model.input_shape}, but {dataset.name} has {dataset.num_classes} of shape "
                           f"{dataset.input_shape}; train one with: pagrob targets train-score-model "
                           f"--dataset {dataset.name} --out DIR")
+    key = "pag.sbg_sigma" if cfg.sbg_sigma else "pag.sbg_t"
     try:
-        return ScoreBased(model, cfg.sbg_t, cfg.sbg_draws, cfg.seed)
+        timestep = model.timestep_at(cfg.sbg_sigma) if cfg.sbg_sigma else cfg.sbg_t
+        return ScoreBased(model, timestep, cfg.sbg_draws, cfg.seed)
     except ScoreModelError as err:
-        raise ConfigError(f"pag.sbg_t: {err}") from None
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _weights_sha256(folder: Path) -> str:
@@ -122,7 +124,9 @@ def _weights_sha256(folder: Path) -> str:
 
 
 def score_model_settings(pag: PagConfig) -> dict:
-    """The settings that change SBG targets, the score model's weights by checksum."""
+    """The settings that change SBG targets, the score model's weights by checksum (sbg_sigma only when set, so
+    stores built before it existed still match)."""
     folder = Path(pag.score_model).resolve()
-    return {"score_model": str(folder), "score_model_sha256": _weights_sha256(folder), "sbg_t": pag.sbg_t,
+    query = {"sbg_sigma": pag.sbg_sigma} if pag.sbg_sigma else {"sbg_t": pag.sbg_t}
+    return {"score_model": str(folder), "score_model_sha256": _weights_sha256(folder), **query,
             "sbg_draws": pag.sbg_draws, "seed": pag.seed}
