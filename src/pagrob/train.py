@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from pagrob import checkpoint, console, distributed
 from pagrob.accuracy import clean_accuracy
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
+from pagrob.attacks.adversaries import ADVERSARIES
 from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment
@@ -82,7 +83,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
         model.eval()
         x_adv = adversary(x, y)
         model.train()
-    trades = cfg.adv.method == "trades"
+    trades = adversary is not None and ADVERSARIES[cfg.adv.method].trades
     parts: dict[str, float] = {}
     logits_clean = None
     if targets is not None:
