@@ -1,5 +1,7 @@
 """Single-step adversaries (FGSM with random start, N-FGSM) as ADVERSARIES entries, alone and with PAG."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,12 @@ from pagrob.attacks.adversaries import ADVERSARIES, AdversaryEntry
 from pagrob.attacks.checks import norms
 from pagrob.attacks.fast import fgsm, nfgsm
 from pagrob.attacks.pgd import PGD, uniform_ball
+from pagrob import guards
+from pagrob.attacks.settings import AttackSettings
 from pagrob.config import ConfigError, load_config
+from pagrob.evaluate import Victim, robust_accuracy, summary_line, worst_cases
+from pagrob.outcomes import OutcomeStore
+from pagrob.pipeline import train_and_evaluate
 from pagrob.data import load_dataset
 from pagrob.models import build_model
 from pagrob.parts import make_adversary
@@ -117,3 +124,58 @@ def test_an_adversary_is_one_entry(monkeypatch, digits):
     assert cfg.method == "noise-l2"
     adversary = make_adversary(cfg, torch.nn.Identity(), (0.0, 1.0), None)
     assert torch.equal(adversary(torch.zeros(1, 2), None), torch.full((1, 2), 0.25))
+
+
+def test_collapse_and_learned_guards_draw_their_lines():
+    assert guards.collapse(10, 5, "fgsm")["passed"] and not guards.collapse(10, 6, "fgsm")["passed"]
+    assert "catastrophic overfitting" in guards.collapse(10, 6, "fgsm")["reason"]
+    assert guards.chance_line(10) == pytest.approx(0.19) and guards.chance_line(2) == pytest.approx(0.75)
+    assert guards.learned(0.19, 10)["passed"] and not guards.learned(0.179, 10)["passed"]
+    failed = {"loss_rise": {"passed": False, "reason": "x"}}
+    assert guards.verdict({**failed, "learned": guards.learned(0.9, 10)})[0] == "suspect"
+    status, reasons = guards.verdict({**failed, "learned": guards.learned(0.179, 10)})
+    assert status == "not learned" and any("has not learned" in r for r in reasons)
+    assert guards.worst_verdict(["ok", "not learned", "suspect"]) == "not learned"
+    assert guards.worst_verdict([]) == "ok"
+
+
+def _victim(model, digits, adversary="none", n=40):
+    return Victim(model, digits.x_test[:n], digits.y_test[:n], (0.0, 1.0), 10, adversary)
+
+
+SETTINGS = AttackSettings(attack="pgd", norm="l2", eps=1.0, pgd_steps=5, pgd_restarts=1, version="custom-fast")
+
+
+def test_a_model_near_chance_gets_the_not_learned_verdict(digits):
+    torch.manual_seed(3)
+    untrained = build_model("cnn", digits.input_shape, 10, width=8).eval()
+    entry = robust_accuracy(_victim(untrained, digits), SETTINGS, progress=False)
+    assert entry["clean_accuracy"] < 0.19
+    assert entry["verdict"] == "not learned" and not entry["guards"]["learned"]["passed"]
+    assert "NOT LEARNED" in summary_line(entry)
+    store = OutcomeStore(None, "m")
+    assert worst_cases(store, torch.ones(40, dtype=torch.bool), [entry])[0]["verdict"] == "not learned"
+
+
+def test_the_collapse_guard_runs_the_runs_own_single_step_attack(digits, model, monkeypatch):
+    entry = robust_accuracy(_victim(model, digits, "fgsm"), SETTINGS, progress=False)
+    assert entry["guards"]["collapse"]["passed"] and entry["guards"]["collapse"]["adversary"] == "fgsm"
+    assert entry["verdict"] == "ok"
+    assert "collapse" not in robust_accuracy(_victim(model, digits, "pgd"), SETTINGS, progress=False)["guards"]
+    # a training attack that fools nothing: what a catastrophically overfitted model's own attack looks like
+    monkeypatch.setitem(ADVERSARIES, "fgsm", AdversaryEntry("no-op", "fgsm", lambda m, a, b, g: (lambda x, y: x),
+                                                            lambda a: 1, single_step=True))
+    entry = robust_accuracy(_victim(model, digits, "fgsm"), SETTINGS, progress=False)
+    assert not entry["guards"]["collapse"]["passed"] and entry["verdict"] == "suspect"
+    assert any("catastrophic overfitting" in r for r in entry["suspect_reasons"])
+
+
+def test_every_epoch_logs_the_pgd_check(digits, tmp_path):
+    cfg = load_config(None, ["data.name=digits", "adv.method=n-fgsm", "adv.eps=1.0", "optim.epochs=1",
+                             "optim.lr=0.01", "eval.n=20", "eval.pgd_steps=2", "eval.pgd_restarts=1",
+                             "eval.eps_l2=[1.0]"])
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= row["test_pgd_accuracy"] < row["test_accuracy"]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["method"] == "n-fgsm-l2" and "collapse" in results["robust_accuracy"][0]["guards"]
