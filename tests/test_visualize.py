@@ -59,7 +59,7 @@ def test_report_html_is_self_contained_and_carries_the_tables(runs, tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "src=\"http" not in html and "<link" not in html  # nothing fetched when opened offline
-    for text in ("autoattack [custom-fast] L2 1", "gradient-masking guards", "images fooled by each component",
+    for text in ("autoattack [custom-fast] L2 1", "guards: gradient masking, collapse, learning", "images fooled by each component",
                  "alignment scores", "notes here", "How these numbers were made", "torchattacks"):
         assert text in html, text
     text = md.read_text()

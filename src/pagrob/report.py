@@ -236,7 +236,7 @@ def _sections(rows: list[dict], dataset: str) -> list[Section]:
     if guarded[1]:
         failed = _failed_runs(rows)
         verdict = f"failed for {', '.join(failed)}" if failed else "all passed"
-        sections.append(Section(f"{dataset}: guards ({verdict})", guarded,
+        sections.append(Section(f"{dataset}: guards: gradient masking, collapse, learning ({verdict})", guarded,
                                 ["in ball: every adversarial example inside its ε-ball and the valid range; ε-sweep: "
                                  "accuracy falls to ~0 as ε grows to cover the input range; black-box: Square fools "
                                  "no clearly more images than the white-box attacks; loss rises: gradient ascent beats "
