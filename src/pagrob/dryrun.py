@@ -96,8 +96,8 @@ def passes_per_image(cfg: Config, num_classes: int) -> int:
 
     Vanilla: forward + backward = 2. PAG with k classes: forward, k input-gradient backward passes, and the
     parameter gradient through them (about 2 passes per input-gradient, plus 1) = 3k + 2. An adversary with s
-    gradient steps (ADVERSARIES' `steps`: PGD adv.steps, FGSM and N-FGSM 1): 2s for the attack, then forward + backward at x'. TRADES adds the clean prediction the attack starts from
-    and trains at both x and x'. The PAG term is always taken at the clean x.
+    gradient steps (ADVERSARIES' `steps`: PGD adv.steps, FGSM and N-FGSM 1): 2s for the attack, then forward +
+    backward at x'. TRADES adds the clean prediction the attack starts from and trains at both x and x'. The PAG term is always taken at the clean x.
     """
     k = cfg.pag.k or num_classes
     pag = cfg.pag.source != "none" and cfg.pag.lam > 0

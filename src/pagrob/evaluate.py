@@ -264,8 +264,8 @@ def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> l
     """One robust accuracy per (norm, eps) of `entries`: per image, over every attack that ran there.
 
     `clean_ok`: the clean correctness of the test images in order (at least as many as any attack saw). The verdict
-    is the worst of the entries' at that radius (`guards.worst_verdict`). An entry on the same images whose outcomes are not
-    stored (results written before outcomes were kept) counts with its own accuracy.
+    is the worst of the entries' at that radius (`guards.worst_verdict`). An entry on the same images whose outcomes
+    are not stored (results written before outcomes were kept) counts with its own accuracy.
     """
     out = []
     for norm, eps in dict.fromkeys((e["norm"], float(e["eps"])) for e in entries):

@@ -186,8 +186,8 @@ def collapse(fooled: int, standing: int, adversary: str) -> dict:
     classified among the `fooled` ones the evaluation attack fools."""
     limit = COLLAPSE_FRACTION * fooled
     return _guard(standing <= limit,
-                  f"catastrophic overfitting: the run's own training attack ({adversary}) leaves standing {standing} of "
-                  f"the {fooled} images the evaluation attack fools (limit {limit:g}); the model defeats its one-step "
+                  f"catastrophic overfitting: the run's own training attack ({adversary}) leaves standing "
+                  f"{standing} of the {fooled} images the evaluation attack fools (limit {limit:g}); the model defeats its one-step "
                   "attack, not the threat model", fooled=fooled, standing=standing, adversary=adversary)
 
 

@@ -130,8 +130,8 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         raise ConfigError(f"study preset {path}: needs `runs` and knows only description, base, runs, evaluation, "
                           f"figures (found {sorted(unknown) or 'no runs'})")
     specs = {name: _spec(name, spec) for name, spec in tree["runs"].items()}
-    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides)), init=spec.get("init"))
-            for name, spec in specs.items()]
+    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides)),
+                     init=spec.get("init")) for name, spec in specs.items()]
     for i, run in enumerate(runs):
         if run.init is None:
             continue
