@@ -73,8 +73,8 @@ def test_trades_cross_entropy_is_taken_at_the_clean_images(digits):
 
 
 def test_trades_settings_are_validated():
-    with pytest.raises(ConfigError, match="adv.method must be none, pgd or trades"):
-        load_config(None, ["adv.method=fgsm"])
+    with pytest.raises(ConfigError, match="adv.method must be none, pgd, trades, fgsm or n-fgsm"):
+        load_config(None, ["adv.method=free"])
     with pytest.raises(ConfigError, match="trades_beta"):
         load_config(None, ["adv.trades_beta=-1"])
     with pytest.raises(ConfigError, match="lam_warmup_fraction"):

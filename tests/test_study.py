@@ -151,3 +151,49 @@ def test_a_changed_plan_is_refused_in_the_same_folder(smoke_study, cifar_file):
     with pytest.raises(RunError, match="planned differently"):
         run_study(load_study("smoke", smoke_study, data=str(cifar_file), overrides=["optim.lr=0.2"]), smoke_study,
                   progress=False)
+
+
+def _preset_with_init(tmp_path: Path) -> Path:
+    """The smoke preset's base and evaluation, with a run fine-tuned from another (`init`)."""
+    tree = yaml.safe_load((Path(__file__).parents[1] / "configs" / "study" / "cifar10_smoke.yaml").read_text())
+    tree["runs"] = {"base": [], "pag-smooth": ["pag.source=smooth"], "ft-fgsm": {"init": "base",
+                                                                                 "set": ["adv.method=fgsm"]}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_runs_picks_named_runs_with_the_runs_they_start_from(tmp_path, capsys):
+    from pagrob.study import select_runs
+    study = load_study(str(_preset_with_init(tmp_path)), tmp_path / "s")
+    ft = {r.name: r for r in study.runs}["ft-fgsm"]
+    assert ft.init == "base" and ft.cfg.init == str(tmp_path / "s" / "runs" / "base") and ft.cfg.method == "fgsm-l2"
+    assert [r.name for r in select_runs(study, ["ft-fgsm"]).runs] == ["base", "ft-fgsm"]
+    assert [(r.name, r.store is not None) for r in select_runs(study, ["pag-smooth"]).runs] == [("pag-smooth", True)]
+    with pytest.raises(ConfigError, match="no run at-l2 in study preset .*its runs are base, pag-smooth, ft-fgsm"):
+        select_runs(study, ["at-l2"])
+    assert main(["study", "cifar10", "--preset", "smoke", "--out", str(tmp_path / "x"), "--dry-run", "--runs",
+                 "vanilla,nope"]) != 0
+    assert "no run nope in study preset smoke; its runs are vanilla, pag-oi" in capsys.readouterr().err
+
+
+def test_an_init_must_name_an_earlier_run(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("base: {data: {name: cifar10}}\nruns: {a: {init: b}, b: []}\n")
+    with pytest.raises(ConfigError, match="init: b must name a run listed before it"):
+        load_study(str(path), tmp_path)
+    path.write_text("base: {data: {name: cifar10}}\nruns: {a: {inti: b}}\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['inti'\]"):
+        load_study(str(path), tmp_path)
+
+
+def test_a_study_trains_only_the_named_runs_and_fine_tunes_from_its_own_run(tmp_path, cifar_file):
+    out = tmp_path / "s"
+    assert main(["--quiet", "study", "cifar10", "--preset", str(_preset_with_init(tmp_path)), "--data",
+                 str(cifar_file), "--out", str(out), "--runs", "ft-fgsm"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["base", "ft-fgsm"]  # no store, no pag-smooth
+    assert not (out / "stores").exists()
+    results = json.loads((out / "runs" / "ft-fgsm" / "results.json").read_text())
+    assert results["init"]["run"] == str((out / "runs" / "base").resolve()) and results["method"] == "fgsm-l2"
+    report = (out / "report.md").read_text()
+    assert "ft-fgsm" in report and "pag-smooth" not in report

@@ -59,7 +59,7 @@ def test_report_html_is_self_contained_and_carries_the_tables(runs, tmp_path):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "src=\"http" not in html and "<link" not in html  # nothing fetched when opened offline
-    for text in ("autoattack [custom-fast] L2 1", "gradient-masking guards", "images fooled by each component",
+    for text in ("autoattack [custom-fast] L2 1", "guards: gradient masking, collapse, learning", "images fooled by each component",
                  "alignment scores", "notes here", "How these numbers were made", "torchattacks"):
         assert text in html, text
     text = md.read_text()
@@ -96,10 +96,21 @@ def _rows(verdicts: dict[str, str]) -> list[dict]:
 
 def test_the_caption_warns_only_when_a_guard_failed_and_names_the_runs():
     _, note = summary_table(_rows({"a": "ok", "b": "ok"}))
-    assert SUSPECT not in note and "Every gradient-masking guard passed" in note
+    assert SUSPECT not in note and "Every guard passed" in note
     (_, body), note = summary_table(_rows({"a": "ok", "b": "suspect", "c": "suspect"}))
-    assert f"{SUSPECT}: a gradient-masking guard failed for b, c" in note
+    assert f"{SUSPECT}: a guard failed for b, c" in note and "did not learn" not in note
     assert [row[-1] for row in body] == ["ok", "suspect", "suspect"]
+
+
+def test_a_model_near_chance_is_reported_as_not_learned():
+    """The reported case: 17.9 % clean on 10 classes, 16.2 % "robust": not learned, in the table and the caption."""
+    rows = _rows({"a": "ok", "b": "not learned"})
+    rows[1].update(clean_accuracy=0.179)
+    rows[1]["robust_accuracy"][0].update(accuracy=0.162)
+    (_, body), note = summary_table(rows)
+    assert [row[-1] for row in body] == ["ok", "not learned"]
+    assert body[1][3] == f"16.2 {SUSPECT}" and body[0][3] == "50.0"
+    assert "b did not learn" in note and "a guard failed" not in note
 
 
 def test_figures_skip_what_does_not_apply(runs, tmp_path):

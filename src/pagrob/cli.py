@@ -155,9 +155,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from pagrob.study import dry_run_study, load_study, run_study
+    from pagrob.study import dry_run_study, load_study, run_study, select_runs
 
     study = load_study(args.preset, Path(args.out), args.data, args.set)
+    if args.runs:
+        study = select_runs(study, [n for item in args.runs for n in item.split(",") if n])
     if args.dry_run:
         print(dry_run_study(study, Path(args.out)))
         return
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="cpu (default: sized for ~2 h on a 2-core CPU), paper (the "
                                                    "paper's recipes, for a GPU), or a preset YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
+    p.add_argument("--runs", nargs="+", metavar="NAME,NAME", help="train and report only these runs of the preset, "
+                                                                 "with the runs (init) and stores they need")
     p.add_argument("--dry-run", action="store_true",
                    help="check every run offline with one synthetic step; print files needed and estimated cost")
     p.set_defaults(func=cmd_study)

@@ -2,7 +2,8 @@
 
 Every error a user can cause here is a `ConfigError` with one message that names the fix, raised
 before any long work starts. The names it accepts come from the registries (`pagrob.data.DATASETS`,
-`pagrob.targets.SOURCES`, `pagrob.models.ARCHS`), never from a list of its own.
+`pagrob.targets.SOURCES`, `pagrob.models.ARCHS`, `pagrob.attacks.adversaries.ADVERSARIES`), never from a list of
+its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from pagrob.attacks.adversaries import ADVERSARIES, NONE, adversary_names, known_adversary
 from pagrob.data import dataset_names, known_dataset
 from pagrob.errors import ConfigError
 from pagrob.models import arch_choices, arch_route, known_arch
@@ -98,7 +100,7 @@ class PagConfig:
 
 @dataclass
 class AdvConfig:
-    method: str = "none"  # none | pgd (Madry adversarial training) | trades (Zhang et al. 2019)
+    method: str = "none"  # none, or a name in pagrob.attacks.adversaries.ADVERSARIES: pgd | trades | fgsm | n-fgsm
     norm: str = "l2"  # l2 | linf
     eps: float = 0.5
     steps: int = 7
@@ -155,14 +157,16 @@ class Config:
 
     @property
     def method(self) -> str:
-        """Short label for tables: vanilla, pag-<source>, at-<norm>, trades-<norm>, at-<norm>+pag-<source>.
+        """Short label for tables: vanilla, pag-<source>, <adversary>-<norm> (at-l2, trades-linf, fgsm-l2, n-fgsm-linf:
+        the adversary's label in ADVERSARIES), and both joined, e.g. at-l2+pag-cm.
 
         A precomputed store (`store:PATH`) is named by its folder, e.g. pag-smooth-sigma2, since its source is
         what a reader compares."""
         source = self.pag.source
         name = Path(source.removeprefix(STORE_PREFIX)).name if source.startswith(STORE_PREFIX) else source.split(":")[0]
         pag = "" if source == "none" else f"pag-{name}"
-        at = {"none": "", "pgd": f"at-{self.adv.norm}", "trades": f"trades-{self.adv.norm}"}[self.adv.method]
+        method = self.adv.method
+        at = "" if method == NONE else f"{ADVERSARIES[method].label}-{self.adv.norm}"
         return "+".join(p for p in (at, pag) if p) or "vanilla"
 
 
@@ -308,8 +312,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.pag.lam_warmup_fraction <= 1,
            f"pag.lam_warmup_fraction must be in [0, 1], got {cfg.pag.lam_warmup_fraction}")
     _check(cfg.pag.lam_warmup_scale >= 0, f"pag.lam_warmup_scale must be >= 0, got {cfg.pag.lam_warmup_scale}")
-    _check(cfg.adv.method in ("none", "pgd", "trades"),
-           f"adv.method must be none, pgd or trades, got '{cfg.adv.method}'")
+    _check(known_adversary(cfg.adv.method), f"adv.method must be {adversary_names()}, got '{cfg.adv.method}'")
     _check(cfg.adv.trades_beta >= 0, f"adv.trades_beta must be >= 0, got {cfg.adv.trades_beta}")
     _check(cfg.adv.norm in ("l2", "linf"), f"adv.norm must be l2 or linf, got '{cfg.adv.norm}'")
     _check(cfg.adv.eps >= 0, f"adv.eps must be >= 0, got {cfg.adv.eps}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pagrob.attacks.adversaries import ADVERSARIES
 from pagrob.config import Config
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.images import TORCHVISION, open_npz
@@ -94,9 +95,9 @@ def passes_per_image(cfg: Config, num_classes: int) -> int:
     """Network passes (one forward or one backward sweep) per training image per step, counted from the objective.
 
     Vanilla: forward + backward = 2. PAG with k classes: forward, k input-gradient backward passes, and the
-    parameter gradient through them (about 2 passes per input-gradient, plus 1) = 3k + 2. PGD with s steps:
-    2s for the attack, then forward + backward at x'. TRADES adds the clean prediction the attack starts from
-    and trains at both x and x'. The PAG term is always taken at the clean x.
+    parameter gradient through them (about 2 passes per input-gradient, plus 1) = 3k + 2. An adversary with s
+    gradient steps (ADVERSARIES' `steps`: PGD adv.steps, FGSM and N-FGSM 1): 2s for the attack, then forward +
+    backward at x'. TRADES adds the clean prediction the attack starts from and trains at both x and x'. The PAG term is always taken at the clean x.
     """
     k = cfg.pag.k or num_classes
     pag = cfg.pag.source != "none" and cfg.pag.lam > 0
@@ -104,8 +105,9 @@ def passes_per_image(cfg: Config, num_classes: int) -> int:
     a = cfg.adv
     if a.method == "none":
         return clean
-    attack = 2 * a.steps + (1 if a.method == "trades" else 0)
-    if a.method == "pgd" and not pag:
+    entry = ADVERSARIES[a.method]
+    attack = 2 * entry.steps(a) + (1 if entry.trades else 0)
+    if not entry.trades and not pag:
         return attack + 2
     return attack + clean + 2
 

@@ -2,8 +2,8 @@
 
 `robust_accuracy` is the one entry point for a robust number: it runs the attack (our evaluation PGD, one
 AutoAttack component, or AutoAttack's components in sequence on the images still standing), records which
-component fooled which image, and runs the gradient-masking guards (`pagrob.guards`) on the result. An entry
-that fails a guard carries `verdict: "suspect"` and the reasons.
+component fooled which image, and runs the guards (`pagrob.guards`) on the result. An entry that fails a guard
+carries `verdict: "suspect"` (or "not learned", for a model near chance) and the reasons.
 
 Every component's per-image outcome goes to the run folder as it is found (`pagrob.outcomes`): a killed
 evaluation continues batch by batch with the same numbers, and the worst case at each (norm, eps), per image
@@ -27,10 +27,11 @@ import pagrob
 from pagrob import console, guards
 from pagrob.accuracy import predict
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score, alignment_scores
+from pagrob.attacks.adversaries import ADVERSARIES, NONE
 from pagrob.attacks.library import MIN_CLASSES, LibraryAttack, components_for, get_version
 from pagrob.attacks.pgd import EvalPGD
 from pagrob.attacks.settings import AttackSettings
-from pagrob.config import Config, EvalConfig
+from pagrob.config import AdvConfig, Config, EvalConfig
 from pagrob.data import Dataset
 from pagrob.devices import resolve_device
 from pagrob.outcomes import FOLDER, FOOLED, INVALID, NOT_ATTACKED, SURVIVED, OutcomeStore, model_hash, worst_case
@@ -51,6 +52,7 @@ class Victim:
     y: Tensor
     bounds: tuple[float, float] | None
     num_classes: int
+    adversary: str = NONE  # the adv.method it was trained with: a single-step one brings the collapse guard
 
 
 def _batch_seed(seed: int, first_image: int) -> int:
@@ -152,6 +154,21 @@ def _blackbox_guard(v: Victim, names: list[str], s: AttackSettings, seq: Sequenc
     return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), len(v.x), queries)
 
 
+def _collapse_guard(v: Victim, s: AttackSettings, fooled: Tensor) -> dict:
+    """Guard (e): the run's own single-step training attack, at the evaluated radius, on the images the evaluation
+    attack fooled; seeded, so a re-evaluation draws the same noise."""
+    idx = fooled.nonzero().squeeze(1)
+    attack = ADVERSARIES[v.adversary].make(v.model, AdvConfig(method=v.adversary, norm=s.norm, eps=s.eps), v.bounds,
+                                           torch.Generator().manual_seed(s.seed))
+    standing = 0
+    for i in range(0, len(idx), s.batch_size):
+        b = idx[i:i + s.batch_size]
+        x_adv = attack(v.x[b], v.y[b])
+        with torch.no_grad():
+            standing += int((v.model(x_adv).argmax(1) == v.y[b]).sum())
+    return guards.collapse(len(idx), standing, v.adversary)
+
+
 @functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     """The commit pagrob runs from when it runs from its own checkout (with "-dirty" for local changes), else None."""
@@ -205,6 +222,9 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
         "loss_rise": guards.loss_rise(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
     }
     checks = {"in_ball": guards.in_ball(seq.invalid, len(v.x), seq.message), **checks}
+    if v.adversary in ADVERSARIES and ADVERSARIES[v.adversary].single_step:
+        checks["collapse"] = _collapse_guard(v, s, clean_ok & ~seq.robust)
+    checks["learned"] = guards.learned(clean_ok.float().mean().item(), v.num_classes)
     status, reasons = guards.verdict(checks)
     entry = {"attack": s.attack, "norm": s.norm, "eps": s.eps, "n_examples": len(v.x),
              "accuracy": seq.robust.float().mean().item(), "clean_accuracy": clean_ok.float().mean().item()}
@@ -244,8 +264,8 @@ def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> l
     """One robust accuracy per (norm, eps) of `entries`: per image, over every attack that ran there.
 
     `clean_ok`: the clean correctness of the test images in order (at least as many as any attack saw). The verdict
-    is "suspect" when any entry at that radius failed a guard. An entry on the same images whose outcomes are not
-    stored (results written before outcomes were kept) counts with its own accuracy.
+    is the worst of the entries' at that radius (`guards.worst_verdict`). An entry on the same images whose outcomes
+    are not stored (results written before outcomes were kept) counts with its own accuracy.
     """
     out = []
     for norm, eps in dict.fromkeys((e["norm"], float(e["eps"])) for e in entries):
@@ -257,8 +277,8 @@ def worst_cases(store: OutcomeStore, clean_ok: Tensor, entries: list[dict]) -> l
         # No shown number on the same images may be lower (e.g. an entry whose outcome file a later run replaced).
         found["accuracy"] = min([found["accuracy"]] + [e["accuracy"] for e in here
                                                        if e["n_examples"] == found["n_examples"]])
-        suspects = [e for e in here if e.get("verdict") == "suspect"]
-        found.update(verdict="suspect" if suspects else "ok",
+        suspects = [e for e in here if e.get("verdict", "ok") != "ok"]
+        found.update(verdict=guards.worst_verdict(e["verdict"] for e in suspects),
                      suspect_attacks=[e["attack"] + (f" [{e['version']}]" if "version" in e else "") for e in suspects])
         out.append(found)
     return out
@@ -273,8 +293,8 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
     n = cfg.eval.n or len(data.x_test)
     clean_ok = predict(model, data.x_test) == data.y_test
     store = OutcomeStore(out / FOLDER, model_hash(model))
-    entries = pgd_results(Victim(model, data.x_test[:n], data.y_test[:n], data.bounds, data.num_classes), cfg.eval,
-                          store, progress)
+    entries = pgd_results(Victim(model, data.x_test[:n], data.y_test[:n], data.bounds, data.num_classes,
+                                 cfg.adv.method), cfg.eval, store, progress)
     results = {
         "dataset": data.name,
         "test_split": data.test_split,
@@ -300,8 +320,8 @@ def summary_line(entry: dict) -> str:
             f"(clean {100 * entry.get('clean_accuracy', float('nan')):.1f}%, n={entry['n_examples']})")
     parts = ", ".join(f"{k} {v}" for k, v in entry.get("breakdown", {}).items())
     status = entry.get("verdict", "unguarded")
-    tail = "" if status != "suspect" else " -- " + "; ".join(entry["suspect_reasons"])
-    return f"{head} [fooled by: {parts}] guards: {status.upper() if status == 'suspect' else status}{tail}"
+    tail = "" if status in ("ok", "unguarded") else " -- " + "; ".join(entry["suspect_reasons"])
+    return f"{head} [fooled by: {parts}] guards: {status if status in ('ok', 'unguarded') else status.upper()}{tail}"
 
 
 def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:
@@ -343,7 +363,7 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
     device = device or resolve_device(run.config.device)
     model = run.model.to(device).eval()
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    victim = Victim(model, x_test[:n], y_test[:n], data.bounds, data.num_classes)
+    victim = Victim(model, x_test[:n], y_test[:n], data.bounds, data.num_classes, run.config.adv.method)
     store = OutcomeStore(run.path / FOLDER, model_hash(model))
     entries = [robust_accuracy(victim, s, store, progress) for s in settings]
     sources = {}

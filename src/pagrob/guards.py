@@ -8,13 +8,21 @@ not because its decisions are stable. Each guard looks for one symptom:
   blackbox   Square, which never reads a gradient, does not fool clearly more images than the white-box attacks;
   loss_rise  gradient ascent raises the attack loss by more than random noise of the same size does.
 
+Two more guards ask whether there is a robust model to speak of at all:
+
+  collapse   (runs trained with a single-step adversary) the run's own training attack still fools at least half
+             of the images the evaluation attack fools; else it has overfitted catastrophically (Wong et al. 2020):
+             it defeats its one step, not the threat model;
+  learned    clean accuracy is at least 1 - (1 - 1/C)^2 (19 % for C = 10 classes): a model near chance has not
+             learned, and its "robust" accuracy is chance surviving, not robustness.
+
 The sweep and the loss probe ascend the margin loss (best other logit minus the true one) with
 normalised steps, not cross-entropy: far from the boundary softmax saturates, cross-entropy's gradient
 underflows to exactly zero, and a healthy model would look masked. They run on evenly spaced images
 of the evaluated set, so ordered test sets (toy2d's are sorted by class) are covered.
 
 Each guard returns a dict with `passed` and, when it failed, a `reason`; `verdict` folds them into
-"ok" or "suspect" plus the reasons.
+"ok", "suspect" or "not learned" (`VERDICTS`, mildest first) plus the reasons.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ BLACKBOX_FRACTION = 0.02  # ... or this fraction of the evaluated images, whiche
 PROBE_IMAGES = 100
 PROBE_STEPS = 10
 RISE_FRACTION = 0.8  # share of images where ascent must beat noise
+COLLAPSE_FRACTION = 0.5  # most of the evaluation attack's fooled images a single-step attack may leave standing
+VERDICTS = ("ok", "suspect", "not learned")  # mildest first: a table shows the worst of its numbers'
 
 
 def _guard(passed: bool, reason: str, **details) -> dict:
@@ -171,7 +181,38 @@ def loss_rise(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bou
                   margin_ascent=ascent.mean().item(), n_examples=len(x))
 
 
+def collapse(fooled: int, standing: int, adversary: str) -> dict:
+    """Guard (e): `standing` = images the run's own single-step training attack (`adversary`) leaves correctly
+    classified among the `fooled` ones the evaluation attack fools."""
+    limit = COLLAPSE_FRACTION * fooled
+    return _guard(standing <= limit,
+                  f"catastrophic overfitting: the run's own training attack ({adversary}) leaves standing "
+                  f"{standing} of the {fooled} images the evaluation attack fools (limit {limit:g}); the model defeats its one-step "
+                  "attack, not the threat model", fooled=fooled, standing=standing, adversary=adversary)
+
+
+def chance_line(num_classes: int) -> float:
+    """1 - (1 - 1/C)^2: clean accuracy below this is too close to chance (1/C) to call learned; 19 % for 10 classes."""
+    return 1 - (1 - 1 / num_classes) ** 2
+
+
+def learned(clean_accuracy: float, num_classes: int) -> dict:
+    """Guard (f): a model near chance has not learned; whatever survives an attack on it is not robustness."""
+    line = chance_line(num_classes)
+    return _guard(clean_accuracy >= line,
+                  f"the model has not learned: clean accuracy {clean_accuracy:.1%} is below {line:.0%} "
+                  f"(1 - (1 - 1/C)^2 for C = {num_classes} classes, near chance); train longer or fix the recipe",
+                  clean_accuracy=clean_accuracy, line=line)
+
+
 def verdict(guards: dict[str, dict]) -> tuple[str, list[str]]:
-    """("ok" | "suspect", the failed guards' reasons)."""
+    """("ok" | "suspect" | "not learned", the failed guards' reasons). Not learned outranks every other failure."""
     reasons = [f"{name}: {g['reason']}" for name, g in guards.items() if not g["passed"]]
+    if "learned" in guards and not guards["learned"]["passed"]:
+        return "not learned", reasons
     return ("suspect" if reasons else "ok"), reasons
+
+
+def worst_verdict(verdicts) -> str:
+    """The most severe of several verdicts (VERDICTS order; "ok" when there are none)."""
+    return max(verdicts, key=VERDICTS.index, default="ok")

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pagrob.attacks import PGD
-from pagrob.attacks.trades import TradesAdversary
+from pagrob.attacks.adversaries import ADVERSARIES, NONE, Adversary
 from pagrob.config import Config
 from pagrob.data import Dataset
 from pagrob.data.augment import resolve_mode
@@ -21,8 +20,6 @@ from pagrob.errors import ConfigError
 from pagrob.models import arch_route, build_model, default_arch
 from pagrob.models.user import check_output
 from pagrob.targets import TargetSource, make_source
-
-Adversary = PGD | TradesAdversary
 
 
 def channel_stats(x: Tensor) -> tuple[list[float], list[float]]:
@@ -72,13 +69,11 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 def make_adversary(cfg: Config, model: nn.Module, bounds: tuple[float, float] | None,
                    generator: torch.Generator) -> Adversary | None:
-    """The training-time attack of adv.method (none, pgd, trades), its random starts drawn from `generator`."""
-    a = cfg.adv
-    if a.method == "none":
+    """The training-time attack adv.method names in ADVERSARIES (None for none), its random starts drawn from
+    `generator`."""
+    if cfg.adv.method == NONE:
         return None
-    if a.method == "trades":
-        return TradesAdversary(model, a.norm, a.eps, a.steps, a.step_size, bounds=bounds, generator=generator)
-    return PGD(model, a.norm, a.eps, a.steps, a.step_size, a.random_start, bounds=bounds, generator=generator)
+    return ADVERSARIES[cfg.adv.method].make(model, cfg.adv, bounds, generator)
 
 
 def config_source(cfg: Config, data: Dataset) -> TargetSource | None:

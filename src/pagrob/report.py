@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pagrob.diffusion.pictures import sbg_figures
+from pagrob.guards import worst_verdict
 from pagrob.outcomes import radius_label, worst_by_radius as worst
 from pagrob.runs import read_results
 from pagrob.visualize import HEADLINE, make_figures
 
 Table = tuple[list[str], list[list[str]]]  # header, rows of cells
-GUARDS = (("in_ball", "in ball"), ("eps_sweep", "ε-sweep"), ("blackbox", "black-box"), ("loss_rise", "loss rises"))
+GUARDS = (("in_ball", "in ball"), ("eps_sweep", "ε-sweep"), ("blackbox", "black-box"), ("loss_rise", "loss rises"),
+          ("collapse", "one-step"), ("learned", "learned"))
 SUSPECT = "⚠"
 
 
@@ -55,17 +57,30 @@ def _by_dataset(run_dirs: list[Path]) -> dict[str, list[dict]]:
     return by_dataset
 
 
-def _failed_runs(rows: list[dict]) -> list[str]:
-    return [r["name"] for r in rows if any(e.get("verdict") == "suspect" for e in r.get("robust_accuracy", []))]
+def _run_verdict(r: dict) -> str:
+    """The worst verdict of a run's robust numbers: ok, suspect or not learned."""
+    return worst_verdict(e.get("verdict", "ok") for e in r.get("robust_accuracy", []))
+
+
+def _failed_runs(rows: list[dict], verdict: str | None = None) -> list[str]:
+    """Runs with a failed guard (or, given `verdict`, with that verdict)."""
+    return [r["name"] for r in rows if (_run_verdict(r) != "ok" if verdict is None else _run_verdict(r) == verdict)]
+
+
+def _mark(verdict: str | None) -> str:
+    return "" if verdict in (None, "ok") else f" {SUSPECT}"
 
 
 def _warning(rows: list[dict]) -> str:
     """The caption's guard warning: only when a guard failed, naming the runs."""
-    failed = _failed_runs(rows)
-    if not failed:
-        return "Every gradient-masking guard passed."
-    return (f"{SUSPECT}: a gradient-masking guard failed for {', '.join(failed)} (see the guards section); those "
-            "numbers may be too high.")
+    suspect, unlearned = _failed_runs(rows, "suspect"), _failed_runs(rows, "not learned")
+    if not suspect and not unlearned:
+        return "Every guard passed."
+    said = [f"{SUSPECT}: a guard failed for {', '.join(suspect)} (see the guards section); those numbers may be too "
+            "high or the training collapsed." if suspect else "",
+            f"{', '.join(unlearned)} did not learn (clean accuracy near chance): {SUSPECT} marks numbers that are "
+            "chance, not robustness." if unlearned else ""]
+    return " ".join(p for p in said if p)
 
 
 def summary_table(rows: list[dict]) -> tuple[Table, str]:
@@ -79,12 +94,11 @@ def summary_table(rows: list[dict]) -> tuple[Table, str]:
         cells = [r.get("name", ""), r["method"], f"{100 * r['clean_accuracy']:.1f}"]
         for k in radii:
             w = found.get(k)
-            cells.append("–" if w is None else
-                         f"{100 * w['accuracy']:.1f}" + (f" {SUSPECT}" if w.get("verdict") == "suspect" else ""))
+            cells.append("–" if w is None else f"{100 * w['accuracy']:.1f}" + _mark(w.get("verdict")))
         al = r.get("alignment", {})
         cells.append(f"{al['cosine']:.3f} ({al['source']})" if al else "–")
         cells.append(f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–")
-        cells.append("suspect" if r["name"] in _failed_runs([r]) else "ok")
+        cells.append(_run_verdict(r))
         body.append(cells)
     note = (f"Accuracies in %: clean on all {rows[0]['n_test']} test points; robust on the first "
             f"{', '.join(map(str, sizes))}, each the worst case over every attack run at that radius (an image counts "
@@ -110,8 +124,7 @@ def accuracy_table(rows: list[dict]) -> tuple[Table, str]:
         cells = [r.get("name", ""), r["method"], f"{100 * r['clean_accuracy']:.1f}"]
         for c in columns:
             e = found.get(c)
-            cells.append("–" if e is None else
-                         f"{100 * e['accuracy']:.1f}" + (f" {SUSPECT}" if e.get("verdict") == "suspect" else ""))
+            cells.append("–" if e is None else f"{100 * e['accuracy']:.1f}" + _mark(e.get("verdict")))
         body.append(cells)
     note = ("Each attack alone, in %: every one is an upper bound on the true robust accuracy, and the summary's worst "
             "case is at most the lowest of them. pgd [steps×restarts, losses]: pagrob's evaluation PGD; autoattack: "
@@ -127,7 +140,7 @@ def guards_table(rows: list[dict]) -> tuple[Table, list[str]]:
         for e in r.get("robust_accuracy", []):
             if "guards" not in e:
                 continue
-            marks = ["✓" if e["guards"][k]["passed"] else "✗" for k, _ in GUARDS if k in e["guards"]]
+            marks = ["–" if k not in e["guards"] else "✓" if e["guards"][k]["passed"] else "✗" for k, _ in GUARDS]
             body.append([r["name"], _attack_label(e), radius_label(e["norm"], e["eps"]), str(e["n_examples"]),
                          f"{100 * e['accuracy']:.1f}", *marks, e["verdict"]])
             reasons += [f"{r['name']}, {_attack_label(e)} {radius_label(e['norm'], e['eps'])}: {why}"
@@ -223,11 +236,14 @@ def _sections(rows: list[dict], dataset: str) -> list[Section]:
     if guarded[1]:
         failed = _failed_runs(rows)
         verdict = f"failed for {', '.join(failed)}" if failed else "all passed"
-        sections.append(Section(f"{dataset}: gradient-masking guards ({verdict})", guarded,
+        sections.append(Section(f"{dataset}: guards: gradient masking, collapse, learning ({verdict})", guarded,
                                 ["in ball: every adversarial example inside its ε-ball and the valid range; ε-sweep: "
                                  "accuracy falls to ~0 as ε grows to cover the input range; black-box: Square fools "
                                  "no clearly more images than the white-box attacks; loss rises: gradient ascent beats "
-                                 "random noise."] + reasons, folded=True))
+                                 "random noise; one-step (single-step adversarial training only): the run's own "
+                                 "training attack fools at least half the images the evaluation attack fools, else "
+                                 "catastrophic overfitting; learned: clean accuracy at least 1 - (1 - 1/C)² (19 % for "
+                                 "10 classes); –: not run."] + reasons, folded=True))
     broken = breakdown_table(rows)
     if broken[1]:
         sections.append(Section(f"{dataset}: AutoAttack, images fooled by each component", broken,

@@ -65,8 +65,8 @@ def model_info(results: dict, cfg: Config, threat_model: str | None = None) -> d
         raise RunError("this run has AutoAttack standard results at both L2 0.5 and L-inf 8/255; choose one with "
                        "--threat-model L2 or --threat-model Linf (RobustBench keeps one file per threat model)")
     norm, entry = next(iter(entries.items()))
-    if entry.get("verdict") == "suspect":
-        raise RunError(f"a gradient-masking guard failed for this number ({'; '.join(entry['suspect_reasons'])}): "
+    if entry.get("verdict", "ok") != "ok":
+        raise RunError(f"a guard failed for this number ({'; '.join(entry['suspect_reasons'])}): "
                        "it would not be a trustworthy leaderboard entry")
     worst = next((w for w in results.get("worst_case", []) if w["norm"] == norm
                   and math.isclose(float(w["eps"]), float(entry["eps"]))), None)

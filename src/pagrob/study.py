@@ -7,6 +7,8 @@ pictures. `smooth` targets are precomputed once into a target store under the st
 A preset's `score_model` section is a score model the study trains once into DIR/score-model (before any run,
 resuming like the runs): every run's pag.score_model points there unless it names another, so a `sbg` run
 depends on it by its config alone.
+A run may start from another run of the study (`init: OTHER`, fine-tuning through `Config.init`, as
+`pagrob train --init` does); `--runs` trains and reports some runs only, with the runs and stores they need.
 
 Resuming is the default: finished runs, stores and evaluations found in the study folder are kept, an unfinished
 run continues from its checkpoint, so an interrupted study started again carries on where it stopped.
@@ -15,6 +17,7 @@ run continues from its checkpoint, so an interrupted study started again carries
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -55,6 +58,7 @@ class StudyRun:
     cfg: Config
     store: Path | None = None  # the store its targets are read from, built by the study
     score_model: Path | None = None  # the score model its targets come from, trained by the study
+    init: str | None = None  # the run of the study it is fine-tuned from
 
 
 @dataclass
@@ -91,11 +95,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _run_config(name: str, spec: list | dict, base: dict, data: str | None, overrides: list[str],
+RUN_KEYS = ("recipe", "set", "init")  # what a run of a preset may hold besides being a list of settings
+
+
+def _spec(name: str, spec: list | dict | None) -> dict:
+    """A run's entry as a mapping: a bare list is its `set`."""
+    spec = {"set": spec} if isinstance(spec, list) else dict(spec or {})
+    unknown = set(spec) - set(RUN_KEYS)
+    if unknown:
+        raise ConfigError(f"study run {name}: unknown keys {sorted(unknown)}; a run holds {', '.join(RUN_KEYS)} or "
+                          "is a list of key=value settings")
+    return spec
+
+
+def _run_config(name: str, spec: dict, base: dict, data: str | None, overrides: list[str],
                 score_model: Path) -> Config:
     """One run's config: its recipe (if any), the base, the study's score model unless they name one, its own
     settings, then --data and --set."""
-    spec = {"set": spec} if isinstance(spec, list) else dict(spec or {})
     tree: dict = {}
     if spec.get("recipe"):
         recipe = CONFIGS / spec["recipe"]
@@ -153,8 +169,16 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
                           f"figures, score_model (found {sorted(unknown) or 'no runs'})")
     score_model = _score_model_settings(path, tree.get("score_model"))
     folder = out / SCORE_MODEL
-    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides), folder))
-            for name, spec in tree["runs"].items()]
+    specs = {name: _spec(name, spec) for name, spec in tree["runs"].items()}
+    runs = [StudyRun(name, _run_config(name, spec, tree.get("base") or {}, data, list(overrides), folder),
+                     init=spec.get("init")) for name, spec in specs.items()]
+    for i, run in enumerate(runs):
+        if run.init is None:
+            continue
+        if run.init not in [r.name for r in runs[:i]]:
+            raise ConfigError(f"study run {run.name}: init: {run.init} must name a run listed before it in the preset "
+                              f"(its runs: {', '.join(specs)})")
+        run.cfg.init = str(out / "runs" / run.init)
     for run in runs:
         _attach_score_model(run, folder, score_model)
         if run.cfg.pag.source in STORE_SOURCES:
@@ -170,6 +194,24 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
                  int((tree.get("figures") or {}).get("images", 4)), score_model)
+
+
+def select_runs(study: Study, names: list[str]) -> Study:
+    """The study with only the named runs and the runs they start from (`init`), in the preset's order; their
+    stores come with them. An unknown name is refused with the preset's run names."""
+    by_name = {r.name: r for r in study.runs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--runs: no run {', '.join(unknown)} in study preset {study.preset}; its runs are "
+                          f"{', '.join(by_name)}")
+    keep: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += [by_name[name].init] if by_name[name].init else []
+    return dataclasses.replace(study, runs=[r for r in study.runs if r.name in keep])
 
 
 def _say(message: str) -> None:
@@ -190,6 +232,7 @@ def _check_plan(out: Path, study: Study) -> None:
         if changed:
             raise RunError(f"{out} holds a study planned differently ({', '.join(changed)} changed); "
                            "start it again with the same preset and settings, or use another --out")
+        plan["runs"] = {**old["runs"], **plan["runs"]}  # a study trained in parts (--runs) keeps every part's plan
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
 

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from pagrob import checkpoint, console, distributed
 from pagrob.accuracy import clean_accuracy
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
+from pagrob.attacks.adversaries import ADVERSARIES
+from pagrob.attacks.pgd import PGD
 from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment
@@ -39,6 +41,8 @@ from pagrob.runs import load_weights, model_spec, save_model, starting_point
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
+PGD_CHECK_IMAGES = 200  # the per-epoch PGD check: this many evaluation images, ...
+PGD_CHECK_STEPS = 10  # ... this many steps at the run's training norm and eps
 
 
 def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
@@ -87,7 +91,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, step: Step
         model.eval()
         x_adv = adversary(x, y)
         model.train()
-    trades = cfg.adv.method == "trades"
+    trades = adversary is not None and ADVERSARIES[cfg.adv.method].trades
     parts: dict[str, float] = {}
     logits_clean = None
     if targets is not None:
@@ -242,12 +246,24 @@ def _nonfinite(what: str, step: int, epoch: int, folder: Path) -> RunError:
                     "Lower optim.lr (or pag.lam), check the data, and train again into a new --out")
 
 
+def pgd_check(model: nn.Module, data: Dataset, cfg: Config) -> float:
+    """Accuracy under 10-step PGD at the training norm and eps (adv.norm, adv.eps) on the first 200 evaluation
+    images, the same start noise every epoch. A single-step run's catastrophic overfitting shows here, within an
+    epoch, as this falling toward 0 while its accuracy under its own training attack rises."""
+    x, y = data.x_test[:PGD_CHECK_IMAGES], data.y_test[:PGD_CHECK_IMAGES]
+    attack = PGD(model, cfg.adv.norm, cfg.adv.eps, PGD_CHECK_STEPS, bounds=data.bounds,
+                 generator=torch.Generator().manual_seed(cfg.seed))
+    return clean_accuracy(model, attack(x, y), y)
+
+
 def _epoch_row(model: nn.Module, data: Dataset, align_source: TargetSource, epoch: int, means: dict[str, float],
-               lr: float, seconds: float) -> dict:
-    """One line of metrics.jsonl: the epoch's mean training parts, test accuracy and alignment, lr, time."""
+               lr: float, seconds: float, cfg: Config) -> dict:
+    """One line of metrics.jsonl: the epoch's mean training parts, test accuracy, accuracy under the PGD check
+    and alignment, lr, time."""
     model.eval()
     return {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
             "test_accuracy": clean_accuracy(model, data.x_test, data.y_test),
+            "test_pgd_accuracy": pgd_check(model, data, cfg),
             "test_alignment": alignment_score(model, data.x_test[:ALIGNMENT_IMAGES], align_source, data.num_classes),
             "lr": lr, "seconds": seconds}
 
@@ -336,7 +352,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             means = distributed.mean_over_ranks({k: v / len(starts) for k, v in prog.sums.items()}, ctx)
             if ctx.main:
                 row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
-                                 time.perf_counter() - start)
+                                 time.perf_counter() - start, cfg)
                 prog.rows.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -344,7 +360,8 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                     if k != "epoch" and writer is not None:
                         writer.add_scalar(k, v, epoch + 1)
                 console.line(f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.3f} "
-                             f"test acc {row['test_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
+                             f"test acc {row['test_accuracy']:.3f} pgd-{PGD_CHECK_STEPS} acc "
+                             f"{row['test_pgd_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
             prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
             _save_checkpoint(saved, prog, time.perf_counter() - start)
     finally:

@@ -175,7 +175,7 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
             acc = [100 * points[0].get("clean_accuracy", r["clean_accuracy"])] + [100 * p["accuracy"] for p in points]
             colour = colours(k % 10)
             ax.plot(eps, acc, "-", color=colour)
-            suspect = [p.get("verdict") == "suspect" for p in points]
+            suspect = [p.get("verdict", "ok") != "ok" for p in points]
             ax.scatter(eps[1:], acc[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
                        edgecolors=[colour] * len(points))
         ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'})")
@@ -184,7 +184,7 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'}: worst case over every attack", fontsize=10)
     handles = [Line2D([], [], color=colours(k % 10), label=r["name"]) for k, r in enumerate(results)]
-    if any(p.get("verdict") == "suspect" for w in worst for p in w.values()):
+    if any(p.get("verdict", "ok") != "ok" for w in worst for p in w.values()):
         handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     datasets = ", ".join(sorted({r["dataset"] for r in results}))

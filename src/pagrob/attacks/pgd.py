@@ -31,6 +31,34 @@ def margin(logits: Tensor, y: Tensor) -> Tensor:
     return others - logits.gather(1, y[:, None]).squeeze(1)
 
 
+def uniform_ball(shape: torch.Size, norm: str, radius: float, generator: torch.Generator | None) -> Tensor:
+    """Noise drawn uniformly from the norm ball of `radius` (on the CPU, so a seeded generator draws the same
+    numbers on every device)."""
+    if norm == "linf":
+        return (torch.rand(shape, generator=generator) * 2 - 1) * radius
+    direction = torch.randn(shape, generator=generator)
+    direction = direction / norms(direction, "l2").view(-1, *([1] * (len(shape) - 1)))
+    d = math.prod(shape[1:])
+    size = radius * torch.rand(shape[0], generator=generator) ** (1.0 / d)
+    return direction * size.view(-1, *([1] * (len(shape) - 1)))
+
+
+def steepest(grad: Tensor, norm: str) -> Tensor:
+    """The unit step of steepest ascent under the norm: signs for L-inf, the normalised gradient for L2."""
+    if norm == "linf":
+        return grad.sign()
+    size = norms(grad, "l2").view(-1, *([1] * (grad.dim() - 1)))
+    return grad / torch.where(size > 0, size, torch.ones_like(size))
+
+
+def ascent_direction(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The input-gradient of the cross-entropy at x, scaled by 1 / (1 - p_y) so it does not round to zero."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits, x, log_softmax_cotangents(logits, y[:, None])[0])
+    return -grad
+
+
 class PGD:
     """PGD attack. `step_size` 0 means 2.5 * eps / steps. Keeps, per image, the first restart that fools the model;
     with `first_success`, also the first iterate within a run that does (no later step can undo it)."""
@@ -51,22 +79,11 @@ class PGD:
         self.targeted, self.generator, self.loss, self.first_success = targeted, generator, loss, first_success
 
     def _random_start(self, x: Tensor) -> Tensor:
-        shape, g = x.shape, self.generator
-        if self.norm == "linf":
-            noise = (torch.rand(shape, generator=g) * 2 - 1) * self.eps
-        else:
-            direction = torch.randn(shape, generator=g)
-            direction = direction / norms(direction, "l2").view(-1, *([1] * (x.dim() - 1)))
-            d = math.prod(shape[1:])
-            radius = self.eps * torch.rand(shape[0], generator=g) ** (1.0 / d)
-            noise = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        noise = uniform_ball(x.shape, self.norm, self.eps, self.generator)
         return project(x, x + noise.to(x.device, x.dtype), self.norm, self.eps, self.bounds)
 
     def _step(self, grad: Tensor) -> Tensor:
-        if self.norm == "linf":
-            return grad.sign()
-        size = norms(grad, "l2").view(-1, *([1] * (grad.dim() - 1)))
-        return grad / torch.where(size > 0, size, torch.ones_like(size))
+        return steepest(grad, self.norm)
 
     def _run(self, x: Tensor, y: Tensor) -> Tensor:
         x_adv = self._random_start(x) if self.random_start and self.eps > 0 else x.clone()
