@@ -9,6 +9,7 @@ from pathlib import Path
 from pagrob.config import load_config
 from pagrob.data import load_dataset
 from pagrob.devices import resolve_device
+from pagrob.diffusion.compare import compare_targets, comparison_data
 from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
 from pagrob.targets import build_source, source_spec
 from pagrob.targets.store import build_store
@@ -34,7 +35,5 @@ def build_store_command(args: argparse.Namespace) -> Path:
 
 
 def compare_command(args: argparse.Namespace) -> Path:
-    from pagrob.diffusion.compare import compare_targets  # matplotlib: only this verb needs it
-
-    return compare_targets(args.dataset, args.data_dir, args.holdout, Path(args.score_model), args.sigma, args.n,
-                           Path(args.out), args.split, progress=not args.quiet)
+    comp = comparison_data(args.dataset, args.data_dir, args.holdout, args.split, args.n, Path(args.score_model))
+    return compare_targets(comp, Path(args.score_model), args.sigma, Path(args.out), progress=not args.quiet)

@@ -150,16 +150,15 @@ def markdown(results: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def compare_targets(dataset: str, data_path: str, holdout: int, score_model: Path, sigmas: list[float], n: int,
-                    out: Path, split: str = "validation", progress: bool = True) -> Path:
+def compare_targets(comp: Comparison, score_model: Path, sigmas: list[float], out: Path, progress: bool = True
+                    ) -> Path:
     """Write compare.json, compare.md and one panel PNG per σ into `out`; returns compare.md."""
-    comp = comparison_data(dataset, data_path, holdout, split, n, score_model)
     model = load_score_model(score_model)
     for sigma in sigmas:  # refuse an untrained σ before any work
         model.timestep_at(sigma)
     out.mkdir(parents=True, exist_ok=True)
     names = list(comp.train.classes) or [str(c) for c in range(comp.train.num_classes)]
-    results = {"dataset": dataset, "split": split, "holdout": holdout, "n_images": len(comp.x),
+    results = {"dataset": comp.train.name, "split": comp.split, "holdout": comp.holdout, "n_images": len(comp.x),
                "score_model": str(score_model), "classes": names, "sigmas": {}}
     for sigma in sigmas:
         targets = targets_at_sigma(model, comp, sigma, progress)
