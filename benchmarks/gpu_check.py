@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out DIR [--data CIFAR10.npz]      # on one GPU (make gpu-check)
     python benchmarks/gpu_check.py --device cpu --tiny --out DIR       # the rehearsal: every section, tiny sizes
 
-Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S:
+Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S (`--deadline` scales them all):
   environment  card, driver, torch, CUDA, cuDNN and NCCL versions, TF32 switches
   pag_step     benchmarks/pag_step.py's table at ResNet-18 width 64, B 64 128, k 1 10, float32 and bf16 autocast:
                time and peak memory of the PAG step against repeating the batch k times, time against a vanilla
@@ -300,20 +300,24 @@ class Check:
     """The report being written: its sections, where it goes, and the deadline."""
 
     out: Path
-    deadline: float  # perf_counter time
-    report: dict
+    report: dict  # holds deadline_s, the seconds the whole check may take
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def budget(self, name: str) -> float:
+        """The section's seconds: BUDGET_S's share of this check's deadline."""
+        return BUDGET_S[name] * self.report["deadline_s"] / DEADLINE_S
 
     def write(self) -> None:
-        self.report["elapsed_s"] = DEADLINE_S - (self.deadline - time.perf_counter())
+        self.report["elapsed_s"] = time.perf_counter() - self.start
         write_json(self.out / "gpu_check.json", self.report)
         atomic_write(self.out / "gpu_check.md", markdown(self.report).encode())
 
     def section(self, name: str, items: list[tuple[str, Work]],
                 summary: Callable[[list[dict]], dict] | None = None) -> None:
         """Run `items` within the section's budget and the deadline; write after each one."""
-        entry = self.report["sections"][name] = {"budget_s": BUDGET_S[name], "items": []}
+        entry = self.report["sections"][name] = {"budget_s": self.budget(name), "items": []}
         start = time.perf_counter()
-        end, longest = min(start + BUDGET_S[name], self.deadline), 0.0
+        end, longest = min(start + self.budget(name), self.start + self.report["deadline_s"]), 0.0
         for label, work in items:
             left = end - time.perf_counter()
             if left <= longest:
@@ -347,7 +351,8 @@ def markdown(report: dict) -> str:
     """The report as Markdown tables, one per section."""
     s = report["sections"]
     lines = [f"# GPU check: {report['device']}{' (tiny rehearsal)' if report['tiny'] else ''}", "",
-             f"Started {report['started']}, {report['elapsed_s']:.0f} s of the {DEADLINE_S} s deadline used.", ""]
+             f"Started {report['started']}, {report['elapsed_s']:.0f} s of the {report['deadline_s']:.0f} s deadline "
+             "used.", ""]
     if "environment" in s:
         env = next((i for i in s["environment"]["items"] if "torch" in i), {})
         lines += ["## Environment", "", "| key | value |", "|---|---|"]
@@ -403,6 +408,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the rehearsal)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"CIFAR-10 npz (default {DEFAULT_DATA})")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: every section in under a minute on a CPU")
+    parser.add_argument("--deadline", type=float, default=DEADLINE_S,
+                        help=f"seconds for the whole check (default {DEADLINE_S}); the sections' budgets scale with it")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but PyTorch sees no GPU; rehearse with --device cpu --tiny")
@@ -415,9 +422,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
         torch.set_num_threads(1)  # pag_step's rows at one thread take CPU time, which other programs disturb less
-    check = Check(out, time.perf_counter() + DEADLINE_S,
-                  {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
-                   "tiny": args.tiny, "deadline_s": DEADLINE_S, "sizes": dataclasses.asdict(sizes), "sections": {}})
+    check = Check(out, {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
+                        "tiny": args.tiny, "deadline_s": args.deadline, "sizes": dataclasses.asdict(sizes),
+                        "sections": {}})
     check.section("environment", [("versions", lambda _: environment(device))])
     check.section("pag_step", pag_step_items(device, sizes))
     check.section("auto_rows", auto_rows_items(device, sizes), lambda items: auto_rows_summary(device, items))
