@@ -328,7 +328,7 @@ class Check:
             began = time.perf_counter()
             try:
                 result = work(left)
-            except Exception as err:  # recorded, and the check goes on: one failure must not cost the others
+            except (Exception, SystemExit) as err:  # (pag_step's children exit) recorded, and the check goes on
                 result = {"error": f"{type(err).__name__}: {err}"}
             seconds = time.perf_counter() - began
             longest = max(longest, seconds)

@@ -130,9 +130,14 @@ def test_a_section_records_failures_and_skips_what_its_budget_cannot_hold(tmp_pa
         gpu_check.time.sleep(0.3)
         return {"value": 1}
 
-    check.section("trial", [("fails", lambda _: 1 / 0), ("slow", slow), ("after", lambda _: {"value": 2})])
+    def exits(_: float) -> dict:
+        raise SystemExit("benchmarks/pag_step.py --memory-of pag failed")
+
+    check.section("trial", [("fails", lambda _: 1 / 0), ("exits", exits), ("slow", slow),
+                            ("after", lambda _: {"value": 2})])
     items = {i["item"]: i for i in json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["trial"]["items"]}
     assert items["fails"]["error"] == "ZeroDivisionError: division by zero" and items["slow"]["value"] == 1
+    assert items["exits"]["error"] == "SystemExit: benchmarks/pag_step.py --memory-of pag failed"
     assert "left of the section's budget" in items["after"]["skipped"]
     assert "trial: fails: ZeroDivisionError" in (tmp_path / "gpu_check.md").read_text()
 
