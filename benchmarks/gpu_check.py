@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --out DIR [--data CIFAR10.npz]      # on one GPU (make gpu-check)
     python benchmarks/gpu_check.py --device cpu --tiny --out DIR       # the rehearsal: every section, tiny sizes
 
-Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S:
+Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S (`--deadline` scales them all):
   environment  card, driver, torch, CUDA, cuDNN and NCCL versions, TF32 switches
   pag_step     benchmarks/pag_step.py's table at ResNet-18 width 64, B 64 128, k 1 10, float32 and bf16 autocast:
                time and peak memory of the PAG step against repeating the batch k times, time against a vanilla
@@ -17,8 +17,9 @@ Sections, in order, each within its budget (BUDGET_S) and all within DEADLINE_S:
 Each item's result (with `item_seconds`, its wall time) is written to DIR/gpu_check.json and DIR/gpu_check.md as
 soon as it is measured, so a run cut short keeps what it measured. An item starts only while its section has more
 time left than the section's longest item so far took; the others are listed as skipped, with the reason. An item
-that fails is recorded with its error and the check goes on. Without the npz at --data the cifar10 section is
-skipped, with the reason.
+that fails is recorded with its error and the check goes on. Without the npz at --data (a device machine receives
+the working tree only) the cifar10 runs train on random images of CIFAR-10's shape: their times hold, their
+accuracies mean nothing, and the report says so.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import pag_step
 import pagrob
 from pagrob import distributed, losses
 from pagrob.config import load_config
-from pagrob.data import load_dataset
+from pagrob.data import Dataset, load_dataset
 from pagrob.files import atomic_write, write_json
 from pagrob.pipeline import train_and_evaluate
 
@@ -224,22 +225,36 @@ def cifar_run(name: str, sets: list[str], data, out: Path) -> dict:
             "pgd": f"{cfg.eval.pgd_steps} steps x {cfg.eval.pgd_restarts} restarts x {'+'.join(cfg.eval.pgd_losses)}"}
 
 
-def cifar_items(device: torch.device, sizes: Sizes, data: Path, out: Path) -> list[tuple[str, Work]]:
-    if not data.is_file():
-        return [("all runs", lambda _: {"skipped": f"no CIFAR-10 npz at {data} (pass --data PATH)"})]
-    loaded: list = []
+def synthetic_cifar(train_n: int, test_n: int) -> Dataset:
+    """Random images of CIFAR-10's shape and number: a run's times hold on them, its accuracies mean nothing."""
+    g = torch.Generator().manual_seed(0)
+    def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
-    def dataset():
+    return Dataset("cifar10", *images(train_n or 50_000), *images(test_n or 10_000), 10)
+
+
+def cifar_items(device: torch.device, sizes: Sizes, data: Path, out: Path) -> list[tuple[str, Work]]:
+    """The three runs on CIFAR-10 from `data`, or, where the npz is missing (a device machine receives the working
+    tree only), on random images of its shape, for the times."""
+    source = str(data) if data.is_file() else f"synthetic: no CIFAR-10 npz at {data}, times only"
+    loaded: list[Dataset] = []
+
+    def dataset() -> Dataset:
         """Loaded once, by the first run (so its time is that item's)."""
+        if not loaded and not data.is_file():
+            loaded.append(synthetic_cifar(sizes.train_n, sizes.test_n))
         if not loaded:
             full = load_dataset("cifar10", data, train_n=sizes.train_n)
             n = sizes.test_n or len(full.x_test)
             loaded.append(dataclasses.replace(full, x_test=full.x_test[:n], y_test=full.y_test[:n]))
         return loaded[0]
 
-    base = cifar_settings(device, sizes, data)
-    return [(name, lambda _, name=name, sets=sets: cifar_run(name, base + sets, dataset(), out / "cifar10"))
-            for name, sets in RUNS.items()]
+    def run(name: str, sets: list[str]) -> tuple[str, Work]:
+        base = cifar_settings(device, sizes, data)
+        return name, lambda _: {"data": source, **cifar_run(name, base + sets, dataset(), out / "cifar10")}
+
+    return [run(name, sets) for name, sets in RUNS.items()]
 
 
 def run_group(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -265,16 +280,17 @@ def ddp_run(device: torch.device, sizes: Sizes, data: Path, out: Path, left: flo
     shutil.rmtree(out / "ddp", ignore_errors=True)  # a fresh run, whatever an earlier check left
     src = str(Path(pagrob.__file__).resolve().parents[1])  # this pagrob, not another install
     path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "NCCL_DEBUG": "VERSION", "PYTHONPATH": path}
+    # DDP's own log names the backend it was built on: measured, not assumed
+    env = {**os.environ, "TORCH_CPP_LOG_LEVEL": "INFO", "TORCH_DISTRIBUTED_DEBUG": "INFO", "PYTHONPATH": path}
     start = time.perf_counter()
     done = run_group(argv + [a for s in sets for a in ("--set", s)], env, max(1.0, left))
     wall = time.perf_counter() - start
     if done.returncode:
         return {"error": f"exit code {done.returncode}", "stderr_tail": done.stderr[-2000:]}
-    results = json.loads((out / "ddp" / "results.json").read_text())  # stdout has NCCL's lines too
+    results = json.loads((out / "ddp" / "results.json").read_text())
     steps = -(-sizes.ddp_train_n // sizes.batch_size)
-    nccl = re.search(r"NCCL version \S+", done.stdout + done.stderr)
-    return {"backend": distributed.backend(device), "nccl_seen": nccl.group(0) if nccl else None,
+    ddp = re.search(r"DDP Initialized with:.*?backend_name: (\w+)", done.stderr, re.S)
+    return {"ddp_backend": ddp.group(1) if ddp else None, "expected_backend": distributed.backend(device),
             "processes": 1, "steps": steps, "wall_seconds": wall, "train_seconds": results["train_seconds"],
             "steps_per_second": steps / results["train_seconds"], "dataset": results["dataset"]}
 
@@ -284,20 +300,24 @@ class Check:
     """The report being written: its sections, where it goes, and the deadline."""
 
     out: Path
-    deadline: float  # perf_counter time
-    report: dict
+    report: dict  # holds deadline_s, the seconds the whole check may take
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def budget(self, name: str) -> float:
+        """The section's seconds: BUDGET_S's share of this check's deadline."""
+        return BUDGET_S[name] * self.report["deadline_s"] / DEADLINE_S
 
     def write(self) -> None:
-        self.report["elapsed_s"] = DEADLINE_S - (self.deadline - time.perf_counter())
+        self.report["elapsed_s"] = time.perf_counter() - self.start
         write_json(self.out / "gpu_check.json", self.report)
         atomic_write(self.out / "gpu_check.md", markdown(self.report).encode())
 
     def section(self, name: str, items: list[tuple[str, Work]],
                 summary: Callable[[list[dict]], dict] | None = None) -> None:
         """Run `items` within the section's budget and the deadline; write after each one."""
-        entry = self.report["sections"][name] = {"budget_s": BUDGET_S[name], "items": []}
+        entry = self.report["sections"][name] = {"budget_s": self.budget(name), "items": []}
         start = time.perf_counter()
-        end, longest = min(start + BUDGET_S[name], self.deadline), 0.0
+        end, longest = min(start + self.budget(name), self.start + self.report["deadline_s"]), 0.0
         for label, work in items:
             left = end - time.perf_counter()
             if left <= longest:
@@ -308,7 +328,7 @@ class Check:
             began = time.perf_counter()
             try:
                 result = work(left)
-            except Exception as err:  # recorded, and the check goes on: one failure must not cost the others
+            except (Exception, SystemExit) as err:  # (pag_step's children exit) recorded, and the check goes on
                 result = {"error": f"{type(err).__name__}: {err}"}
             seconds = time.perf_counter() - began
             longest = max(longest, seconds)
@@ -331,7 +351,8 @@ def markdown(report: dict) -> str:
     """The report as Markdown tables, one per section."""
     s = report["sections"]
     lines = [f"# GPU check: {report['device']}{' (tiny rehearsal)' if report['tiny'] else ''}", "",
-             f"Started {report['started']}, {report['elapsed_s']:.0f} s of the {DEADLINE_S} s deadline used.", ""]
+             f"Started {report['started']}, {report['elapsed_s']:.0f} s of the {report['deadline_s']:.0f} s deadline "
+             "used.", ""]
     if "environment" in s:
         env = next((i for i in s["environment"]["items"] if "torch" in i), {})
         lines += ["## Environment", "", "| key | value |", "|---|---|"]
@@ -361,18 +382,20 @@ def markdown(report: dict) -> str:
             lines += ["", f"Recommended: {a['advice']} ({a['slowdown_vs_each_fastest']:.2f} x each B's fastest)."]
         lines.append("")
     if "cifar10" in s:
-        lines += ["## CIFAR-10, full width", "", "| run | train images | epochs | train s | epochs / min "
-                  "| evaluate (+ set-up) s | clean % | PGD L2 0.5 % (n) | guards |", "|---" * 9 + "|"]
+        runs = [i for i in s["cifar10"]["items"] if "run" in i]
+        lines += ["## CIFAR-10, full width", "", f"Data: {runs[0]['data'] if runs else 'none'}", "",
+                  "| run | train images | epochs | train s | epochs / min | evaluate (+ set-up) s | clean % "
+                  "| PGD L2 0.5 % (n) | guards |", "|---" * 9 + "|"]
         lines += [f"| {i['run']} | {i['train_images']} | {i['epochs']} | {i['train_seconds']:.1f} | "
                   f"{_f(i['epochs_per_minute'])} | {i['evaluate_seconds']:.1f} | {100 * i['clean_accuracy']:.1f} | "
                   f"{100 * i['robust_accuracy']:.1f} ({i['robust_n']}, {i['pgd']}) | {i['verdict']} |"
-                  for i in s["cifar10"]["items"] if "run" in i]
+                  for i in runs]
         lines.append("")
     if "ddp" in s:
         lines += ["## DistributedDataParallel, one torchrun process", "",
-                  "| backend | NCCL seen | steps | steps / s | wall s |", "|---|---|---|---|---|"]
-        lines += [f"| {i['backend']} | {i['nccl_seen']} | {i['steps']} | {_f(i['steps_per_second'])} | "
-                  f"{i['wall_seconds']:.1f} |" for i in s["ddp"]["items"] if "backend" in i]
+                  "| DDP built on | expected | steps | steps / s | wall s |", "|---|---|---|---|---|"]
+        lines += [f"| {i['ddp_backend']} | {i['expected_backend']} | {i['steps']} | {_f(i['steps_per_second'])} | "
+                  f"{i['wall_seconds']:.1f} |" for i in s["ddp"]["items"] if "ddp_backend" in i]
         lines.append("")
     problems = [f"- {name}: {i['item']}: {i.get('error') or i['skipped']}" for name, sec in s.items()
                 for i in sec["items"] if "error" in i or "skipped" in i]
@@ -385,6 +408,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the rehearsal)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"CIFAR-10 npz (default {DEFAULT_DATA})")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: every section in under a minute on a CPU")
+    parser.add_argument("--deadline", type=float, default=DEADLINE_S,
+                        help=f"seconds for the whole check (default {DEADLINE_S}); the sections' budgets scale with it")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but PyTorch sees no GPU; rehearse with --device cpu --tiny")
@@ -397,9 +422,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cpu":
         torch.set_num_threads(1)  # pag_step's rows at one thread take CPU time, which other programs disturb less
-    check = Check(out, time.perf_counter() + DEADLINE_S,
-                  {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
-                   "tiny": args.tiny, "deadline_s": DEADLINE_S, "sizes": dataclasses.asdict(sizes), "sections": {}})
+    check = Check(out, {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
+                        "tiny": args.tiny, "deadline_s": args.deadline, "sizes": dataclasses.asdict(sizes),
+                        "sections": {}})
     check.section("environment", [("versions", lambda _: environment(device))])
     check.section("pag_step", pag_step_items(device, sizes))
     check.section("auto_rows", auto_rows_items(device, sizes), lambda items: auto_rows_summary(device, items))

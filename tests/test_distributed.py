@@ -86,12 +86,13 @@ def test_two_gloo_processes_match_each_other_and_one_process_across_a_crash(tmp_
 
 
 def test_one_torchrun_process_joins_a_group_and_trains_under_ddp(monkeypatch):
-    """WORLD_SIZE=1 from torchrun is still DDP (so one GPU checks NCCL); no WORLD_SIZE is a plain process."""
-    assert not distributed.start(torch.device("cpu")).active
+    """WORLD_SIZE=1 from torchrun is still DDP (so one GPU checks NCCL); without torchrun it is a plain process."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.setenv(name, "1" if name == "WORLD_SIZE" else "0")
+    assert not distributed.start(torch.device("cpu")).active
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     ctx = distributed.start(torch.device("cpu"))
     try:
         assert ctx.active and ctx.world == 1 and torch.distributed.get_backend() == "gloo"

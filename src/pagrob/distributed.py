@@ -52,13 +52,14 @@ def _env_int(name: str, default: int) -> int:
 
 
 def start(device: torch.device) -> Context:
-    """Join the process group torchrun described in the environment (a no-op for a process torchrun did not start).
+    """Join the process group torchrun described in the environment (a no-op for one process torchrun did not
+    start).
 
     On CUDA each process takes GPU LOCAL_RANK and NCCL; on CPU the processes talk over gloo.
     """
-    if "WORLD_SIZE" not in os.environ:
-        return Context(device)
     world, rank, local = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, even for one process
+        return Context(device)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ConfigError(f"{world} processes on this machine need {local + 1}+ GPUs, but PyTorch sees "
