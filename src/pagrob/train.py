@@ -136,7 +136,7 @@ class Trained:
     seconds: float
     data: Dataset | None = None  # the dataset on the run's device (set by `train`)
     init: dict | None = None  # the run it was fine-tuned from (folder, weights' sha256), when it was
-    plan: dict = field(default_factory=dict)  # planned_steps, step_seconds_estimate (optim.minutes), train_minutes
+    plan: dict = field(default_factory=dict)  # planned_steps, step_seconds_estimate (measured for optim.minutes)
 
     def facts(self) -> dict:
         """What results.json records of the training beside the evaluation."""
@@ -405,7 +405,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
                 if every and prog.step % every == 0 and i != starts[-1]:
                     _save_checkpoint(saved, prog, time.perf_counter() - start)
-            done = sum(i < prog.batch for i in starts)  # all of them but in a last epoch the plan cuts short
+            done = sum(i < prog.batch for i in starts)  # every batch, except in a last epoch the plan cuts short
             means = distributed.mean_over_ranks({k: v / done for k, v in prog.sums.items()}, ctx)
             if ctx.main:
                 row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
