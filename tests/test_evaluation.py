@@ -216,7 +216,7 @@ def test_cli_evaluate_writes_guarded_entries_and_alignment(tmp_path, capsys):
     aa = [e for e in results["robust_accuracy"] if e["attack"] == "autoattack"]
     assert len(aa) == 1 and aa[0]["n_examples"] == 60 and aa[0]["verdict"] in ("ok", "suspect")
     assert aa[0]["skipped"] == ["apgd-t needs at least 4 classes, the data has 2"]
-    assert set(aa[0]["guards"]) == {"in_ball", "eps_sweep", "blackbox", "loss_rise"}
+    assert set(aa[0]["guards"]) == {"in_ball", "eps_sweep", "blackbox", "loss_rise", "learned"}
     pgd = [e for e in results["robust_accuracy"] if e["attack"] == "pgd"]
     assert len(pgd) == 1 and "verdict" in pgd[0]  # the training-time PGD number is guarded too
     assert -1 <= results["alignment_scores"]["exact"]["cosine"] <= 1

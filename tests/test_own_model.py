@@ -288,9 +288,13 @@ def test_robustbench_json_from_an_autoattack_standard_evaluation(world, tmp_path
     root = world[0]
     (tmp_path / "tiny.py").write_text("import torch.nn as nn\n\ndef make(num_classes):\n    return nn.Sequential("
                                       "nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n")
-    torch.manual_seed(0)
-    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).state_dict(),
-               tmp_path / "w.pt")
+    # nearest class mean as a linear layer: it has learned something (50 % on the 20 images), so its numbers are
+    # reported; an untrained layer near chance would get the not-learned verdict and be refused
+    with np.load(SHARED_CIFAR) as d:
+        x = torch.tensor(d["x_train"][:10000]).permute(0, 3, 1, 2).reshape(10000, -1).float() / 255
+        y = torch.tensor(d["y_train"][:10000]).long()
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    torch.save({"1.weight": means, "1.bias": -0.5 * (means * means).sum(1)}, tmp_path / "w.pt")
     code, text = _cli(capsys, "import-checkpoint", tmp_path / "w.pt", "--model", f"{tmp_path / 'tiny.py'}:make",
                       "--model-args", '{"num_classes": 10}', "--dataset", "cifar10",
                       "--set", f"data.data_dir={SHARED_CIFAR}", "--out", tmp_path / "run")

@@ -197,3 +197,17 @@ def test_a_study_trains_only_the_named_runs_and_fine_tunes_from_its_own_run(tmp_
     assert results["init"]["run"] == str((out / "runs" / "base").resolve()) and results["method"] == "fgsm-l2"
     report = (out / "report.md").read_text()
     assert "ft-fgsm" in report and "pag-smooth" not in report
+
+
+def test_minutes_preset_fine_tunes_every_objective_from_one_base(tmp_path):
+    study = load_study("minutes", tmp_path, data="/some/cifar10.npz")
+    by_name = {r.name: r for r in study.runs}
+    scratch = ["vanilla", "pag-cm", "at-l2", "fgsm-l2", "n-fgsm-l2", "fgsm-l2+pag-cm"]
+    assert [by_name[n].cfg.method for n in scratch] == scratch
+    for minutes in (2, 6):
+        for name in scratch:
+            run = by_name[f"ft{minutes}-{name}"]
+            assert run.init == "base" and run.cfg.init == str(tmp_path / "runs" / "base")
+            assert run.cfg.optim.minutes == minutes and run.cfg.method == name
+    base = by_name["base"].cfg.optim
+    assert base.nesterov and base.schedule == "onecycle" and by_name["base"].init is None

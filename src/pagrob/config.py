@@ -20,6 +20,7 @@ from pagrob.attacks.adversaries import ADVERSARIES, NONE, adversary_names, known
 from pagrob.data import dataset_names, known_dataset
 from pagrob.errors import ConfigError
 from pagrob.models import arch_choices, arch_route, known_arch
+from pagrob.schedules import SCHEDULES
 from pagrob.targets import SOURCES, STORE_PREFIX, source_names
 
 
@@ -121,7 +122,14 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, lr x0.1
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, lr x0.1 (step)
+    nesterov: bool = False  # sgd: Nesterov momentum
+    schedule: str = "step"  # a name in pagrob.schedules.SCHEDULES: step (milestones) | onecycle (decay to 0)
+    warmup: float = 0.0  # fraction of the steps the learning rate ramps up linearly first
+    # > 0: train for as many steps as M minutes allow at the step time measured on a few steps first (equal minutes);
+    # epochs is then ignored
+    minutes: float = 0.0
+    steps: int = 0  # > 0: exactly this many optimizer steps (e.g. a minutes run's planned_steps, to repeat it)
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: after each epoch only); see --resume
     # fp32 | bf16: bfloat16 autocast over each training step (the PAG double backward included); evaluation and
     # its attacks always run in float32, so robust accuracy never depends on it
@@ -332,6 +340,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.optim.checkpoint_every >= 0,
            f"optim.checkpoint_every must be >= 0 (0 = after each epoch only), got {cfg.optim.checkpoint_every}")
     _check(all(0 < m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in (0, 1]")
+    _check(cfg.optim.schedule in SCHEDULES,
+           f"optim.schedule must be {' or '.join(SCHEDULES)}, got '{cfg.optim.schedule}'")
+    _check(0 <= cfg.optim.warmup < 1, f"optim.warmup is a fraction of the steps in [0, 1), got {cfg.optim.warmup}")
+    _check(cfg.optim.minutes >= 0, f"optim.minutes must be >= 0 (0: optim.epochs decides), got {cfg.optim.minutes}")
+    _check(cfg.optim.steps >= 0, f"optim.steps must be >= 0 (0: optim.epochs or optim.minutes decides), got "
+                                 f"{cfg.optim.steps}")
+    _check(not cfg.optim.nesterov or (cfg.optim.name == "sgd" and cfg.optim.momentum > 0),
+           "optim.nesterov needs optim.name=sgd and optim.momentum > 0")
     _check(all(n in ("l2", "linf") for n in cfg.eval.norms), f"eval.norms must be l2 and/or linf, got {cfg.eval.norms}")
     _check(all(e >= 0 for e in cfg.eval.eps_l2 + cfg.eval.eps_linf), "eval eps values must be >= 0")
     _check(cfg.eval.pgd_steps >= 1 and cfg.eval.pgd_restarts >= 1, "eval.pgd_steps and eval.pgd_restarts must be >= 1")

@@ -26,6 +26,6 @@ def train_and_evaluate(cfg: Config, out: Path, progress: bool = True, data: Data
     trained = train(cfg, out, progress, data, resume)
     if trained is not None:
         evaluate_and_write(trained.model, trained.data, cfg, out, trained.align_source, trained.seconds, progress,
-                           facts={"init": trained.init} if trained.init else None)
+                           facts=trained.facts())
         checkpoint.remove(out / CHECKPOINTS)
     return out

@@ -46,7 +46,7 @@ from pagrob.train import finished
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # presets ship with the source checkout
 DATASETS = ("cifar10",)
-PRESETS = ("cpu", "paper")  # and `smoke`, the tests' whole pipeline in seconds
+PRESETS = ("cpu", "paper", "minutes")  # and `smoke`, the tests' whole pipeline in seconds
 STORE_SOURCES = ("smooth",)  # sources the study precomputes into a store instead of computing per batch
 PLAN = "study.json"
 SCORE_MODEL = "score-model"  # the folder, under the study's, of the score model its `score_model` section trains
@@ -369,14 +369,18 @@ def dry_run_study(study: Study, out: Path) -> str:
         n_train = min(run.cfg.data.train_n or r["n_train"], r["n_train"] - run.cfg.data.holdout)
         n_test, device = run.cfg.data.holdout or r["n_test"], r["device"]
         step = r["step_seconds"]
-        steps = math.ceil(n_train / batch) * run.cfg.optim.epochs
+        o = run.cfg.optim
+        steps = o.steps or (round(o.minutes * 60 / step) if o.minutes else math.ceil(n_train / batch) * o.epochs)
         seconds = step * steps
         n_eval = min(study.n, r["n_test"])
         attack = 2 * n_eval * _attack_passes(study.version, study.attack) * r["vanilla_step_seconds"] / batch
         total += seconds + attack
         needs = "; ".join(f"{'present' if ok else 'MISSING'}: {what}" for what, ok in r["needs"]) or "built in"
+        length = (f"{o.minutes:g} min (~{steps} steps of {batch})" if o.minutes and not o.steps else
+                  f"{steps} steps of {batch}" if o.steps else
+                  f"{o.epochs} epochs x {math.ceil(n_train / batch)} steps of {batch}")
         lines.append(f"- {run.name} ({r['method']}): {r['arch']} {r['parameters'] / 1e6:.2f} M parameters, "
-                     f"{run.cfg.optim.epochs} epochs x {math.ceil(n_train / batch)} steps of {batch}; step "
+                     f"{length}{f', from {run.init}' if run.init else ''}; step "
                      f"{step:.2f} s (timed at that batch after a warm-up step) -> training {_duration(seconds)}; "
                      f"{study.attack} ({study.version}) at 2 radii on {n_eval} images: at most {_duration(attack)}; "
                      f"data: {needs}")

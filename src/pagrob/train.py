@@ -15,9 +15,11 @@ handed on to evaluation is float32 and contiguous either way.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from pagrob.accuracy import clean_accuracy
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score
 from pagrob.attacks.adversaries import ADVERSARIES
 from pagrob.attacks.pgd import PGD
-from pagrob.config import Config, ConfigError, PagConfig, flatten, save_config, to_dict
+from pagrob.config import Config, ConfigError, PagConfig, flatten, from_dict, save_config, to_dict
 from pagrob.data import Dataset, load_dataset
 from pagrob.data.augment import augment
 from pagrob.devices import autocast, memory_format, resolve_device
@@ -38,11 +40,13 @@ from pagrob.errors import RunError
 from pagrob.losses import pag_objective, sample_target_classes
 from pagrob.parts import Adversary, assemble, check_against_data
 from pagrob.runs import load_weights, model_spec, save_model, starting_point
+from pagrob.schedules import Plan, lr_factor
 from pagrob.targets import TargetSource, build_source, reference_source_name
 
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
 PGD_CHECK_IMAGES = 200  # the per-epoch PGD check: this many evaluation images, ...
 PGD_CHECK_STEPS = 10  # ... this many steps at the run's training norm and eps
+UNTIMED_STEPS, TIMED_STEPS = 1, 3  # optim.minutes: steps taken to measure the step time, the first not counted
 
 
 def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
@@ -137,6 +141,11 @@ class Trained:
     seconds: float
     data: Dataset | None = None  # the dataset on the run's device (set by `train`)
     init: dict | None = None  # the run it was fine-tuned from (folder, weights' sha256), when it was
+    plan: dict = field(default_factory=dict)  # planned_steps, step_seconds_estimate (measured for optim.minutes)
+
+    def facts(self) -> dict:
+        """What results.json records of the training beside the evaluation."""
+        return {**({"init": self.init} if self.init else {}), **self.plan, "train_minutes": self.seconds / 60}
 
 
 def _stream_seed(seed: int, rank: int, stream: int) -> int:
@@ -154,8 +163,9 @@ def _note(message: str) -> None:
 
 
 def _config_differences(saved: dict, cfg: Config) -> list[str]:
-    """'key: saved -> now' for every key (device aside: a run may move machines) that differs from the checkpoint's."""
-    old, new = flatten(saved), flatten(json.loads(json.dumps(to_dict(cfg))))
+    """'key: saved -> now' for every key (device aside: a run may move machines) that differs from the checkpoint's.
+    Keys an older checkpoint lacks count as their defaults."""
+    old, new = (flatten(json.loads(json.dumps(to_dict(c)))) for c in (from_dict(saved), cfg))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k != "device" and old.get(k) != new.get(k)]
 
@@ -173,6 +183,7 @@ class _Saved:
     cfg: Config
     ctx: distributed.Context
     folder: Path
+    plan: dict  # planned steps and the step-time estimate: a resumed run keeps them
 
 
 def _save_checkpoint(s: _Saved, prog: Progress, seconds: float) -> None:
@@ -199,7 +210,7 @@ def _save_checkpoint(s: _Saved, prog: Progress, seconds: float) -> None:
         tensors["order"] = prog.order
     state = {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "world": ctx.world,
              "sums": [dict(zip(keys, row)) for row in sums.tolist()] if keys else [{}] * ctx.world,
-             "rows": prog.rows, "seconds": seconds, "config": to_dict(cfg),
+             "rows": prog.rows, "seconds": seconds, "config": to_dict(cfg), "plan": s.plan,
              "optimizer": checkpoint.encode(opt.state_dict(), tensors, "optimizer"),
              "scheduler": checkpoint.encode(sched.state_dict(), tensors, "scheduler")}
     checkpoint.save(folder, prog.step, tensors, state)
@@ -219,7 +230,10 @@ def _restore(found: tuple[dict[str, Tensor], dict], s: _Saved) -> Progress:
                           "resume with its own config (--resume alone reads config.yaml) or train into a new --out")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt.load_state_dict(checkpoint.decode(state["optimizer"], tensors))
-    sched.load_state_dict(checkpoint.decode(state["scheduler"], tensors))
+    if "plan" in state:
+        sched.load_state_dict(checkpoint.decode(state["scheduler"], tensors))
+    else:  # written before schedules counted steps (an epoch-counting MultiStepLR): the step count is the state
+        sched.last_epoch = state["step"]
     # clone(): set_state misreads a row view (storage offset) of the stacked per-rank states, and crashes
     order_gen.set_state(tensors["rng.order"].clone())
     draw_gen.set_state(tensors["rng.draw"][ctx.rank].clone())
@@ -268,6 +282,52 @@ def _epoch_row(model: nn.Module, data: Dataset, align_source: TargetSource, epoc
             "lr": lr, "seconds": seconds}
 
 
+def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, step: Step, ctx: distributed.Context
+                ) -> float:
+    """Seconds per optimizer step on this process's share of the first batch, timed over TIMED_STEPS after
+    UNTIMED_STEPS (allocations, kernel choice), averaged over the processes. The weights, optimizer and random
+    streams are put back afterwards: the timing changes nothing the run then does."""
+    saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    streams = step.generator.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None
+    sync = (lambda: torch.cuda.synchronize(ctx.device)) if cuda is not None else (lambda: None)
+    first = torch.arange(min(step.cfg.optim.batch_size, len(data.x_train)), device=ctx.device)
+    local = distributed.local_slice(first, ctx)
+    model.train()
+    start = 0.0
+    for i in range(UNTIMED_STEPS + TIMED_STEPS):
+        if i == UNTIMED_STEPS:
+            sync()
+            start = time.perf_counter()
+        with autocast(ctx.device, step.cfg.optim.precision):  # timed as training runs it
+            loss, _ = train_step(model, data.x_train[local], data.y_train[local], local, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    seconds = (time.perf_counter() - start) / TIMED_STEPS
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    step.generator.set_state(streams[0])
+    torch.set_rng_state(streams[1])
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, ctx.device)
+    return distributed.mean_over_ranks({"seconds": seconds}, ctx)["seconds"]
+
+
+def plan_steps(cfg: Config, per_epoch: int, saved: dict | None, measure: Callable[[], float]) -> dict:
+    """{"planned_steps", "step_seconds_estimate"}: a checkpoint's plan when resuming; else optim.steps, or as many
+    steps as optim.minutes allow at the step time `measure()` returns, or optim.epochs full epochs."""
+    if saved:
+        return saved
+    if cfg.optim.steps:
+        return {"planned_steps": cfg.optim.steps, "step_seconds_estimate": None}
+    if cfg.optim.minutes:
+        seconds = measure()
+        return {"planned_steps": max(1, int(cfg.optim.minutes * 60 / seconds)), "step_seconds_estimate": seconds}
+    return {"planned_steps": cfg.optim.epochs * per_epoch, "step_seconds_estimate": None}
+
+
 def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None = None, progress: bool = True,
         resume: bool = False) -> Trained:
     """The training loop alone, on this process's share of each global batch.
@@ -294,14 +354,19 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     align_source = source or build_source(reference_source_name(data.name), cfg.pag, data).to(ctx.device)
     data = data.to(ctx.device)
     step = Step(cfg, source, built.adversary, data.num_classes, draw_gen, built.aug_mode)
-    milestones = sorted({max(1, round(m * cfg.optim.epochs)) for m in cfg.optim.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    n = len(data.x_train)
+    starts = _batch_starts(n, cfg.optim.batch_size, ctx.world)
+    folder = out / CHECKPOINTS
+    found = checkpoint.latest(folder) if resume else None
+    planned = plan_steps(cfg, len(starts), found[1].get("plan") if found else None,
+                         lambda: _time_steps(model, opt, data, step, ctx))
+    plan = Plan(planned["planned_steps"], len(starts), tuple(cfg.optim.milestones), cfg.optim.warmup)
+    epochs = math.ceil(plan.total / plan.per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.optim.schedule, s, plan))
     torch.manual_seed(_stream_seed(cfg.seed, ctx.rank, 2))
 
-    folder = out / CHECKPOINTS
-    saved = _Saved(model, opt, sched, order_gen, draw_gen, cfg, ctx, folder)
+    saved = _Saved(model, opt, sched, order_gen, draw_gen, cfg, ctx, folder, planned)
     prog = Progress()
-    found = checkpoint.latest(folder) if resume else None
     if found is not None:
         prog = _restore(found[:2], saved)
         if ctx.main:
@@ -314,22 +379,21 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
         _start_folder(out, cfg, prog, found is not None)
 
     ddp = distributed.wrap(model, ctx)
-    n, every = len(data.x_train), cfg.optim.checkpoint_every
-    starts = _batch_starts(n, cfg.optim.batch_size, ctx.world)
+    every = cfg.optim.checkpoint_every
     start = time.perf_counter() - prog.seconds
     writer = _summary_writer(out, prog.epoch + 1) if ctx.main else None
     metrics_file = open(out / "metrics.jsonl", "a") if ctx.main else None
     try:
-        while prog.epoch < cfg.optim.epochs:
+        while prog.epoch < epochs:
             epoch = prog.epoch
             model.train()
             if prog.order is None:
                 prog.order = torch.randperm(n, generator=order_gen)
             order = prog.order.to(ctx.device)
-            lam = lam_at(cfg.pag, epoch, cfg.optim.epochs)
-            todo = [i for i in starts if i >= prog.batch]
+            lam = lam_at(cfg.pag, epoch, epochs)
+            todo = [i for i in starts if i >= prog.batch][:plan.total - prog.step]
             bar = console.bar(todo, enabled=progress and ctx.main, total=len(starts), initial=len(starts) - len(todo),
-                              desc=f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}", leave=False)
+                              desc=f"{cfg.name} epoch {epoch + 1}/{epochs}", leave=False)
             for i in bar:
                 idx = order[i:i + cfg.optim.batch_size]
                 local = distributed.local_slice(idx, ctx)
@@ -342,14 +406,15 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 # DDP averages the ranks' gradients; weighting by the rank's share makes that the global-batch mean.
                 (loss * (len(local) * ctx.world / len(idx))).backward()
                 opt.step()
+                sched.step()
                 for k, v in parts.items():
                     prog.sums[k] = prog.sums.get(k, 0.0) + v
                 prog.step, prog.batch = prog.step + 1, i + cfg.optim.batch_size
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
                 if every and prog.step % every == 0 and i != starts[-1]:
                     _save_checkpoint(saved, prog, time.perf_counter() - start)
-            sched.step()
-            means = distributed.mean_over_ranks({k: v / len(starts) for k, v in prog.sums.items()}, ctx)
+            done = sum(i < prog.batch for i in starts)  # every batch, except in a last epoch the plan cuts short
+            means = distributed.mean_over_ranks({k: v / done for k, v in prog.sums.items()}, ctx)
             if ctx.main:
                 row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
                                  time.perf_counter() - start, cfg)
@@ -359,7 +424,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                 for k, v in row.items():
                     if k != "epoch" and writer is not None:
                         writer.add_scalar(k, v, epoch + 1)
-                console.line(f"{cfg.name} epoch {epoch + 1}/{cfg.optim.epochs}: loss {row['train_loss']:.3f} "
+                console.line(f"{cfg.name} epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.3f} "
                              f"test acc {row['test_accuracy']:.3f} pgd-{PGD_CHECK_STEPS} acc "
                              f"{row['test_pgd_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
             prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
@@ -371,7 +436,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             writer.close()
     # evaluation sees the same float32, contiguous model whatever the training's precision and layout
     model.to(memory_format=torch.contiguous_format)
-    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init)
+    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init, plan=planned)
 
 
 def finished(out: Path) -> bool:
