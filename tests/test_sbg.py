@@ -12,6 +12,7 @@ from pagrob.data import Dataset, load_dataset
 from pagrob.diffusion import ScoreModel, ScoreTrainConfig, UNetScore, load_score_model, train_score_model
 from pagrob.targets import build_source
 from pagrob.targets.score_based import ScoreBased
+from fakes import interrupt_after
 
 MEANS = torch.tensor([[0.2, 0.7, 0.4], [0.8, 0.3, 0.5], [0.5, 0.5, 0.9]])  # 3 classes in 3-D, data units
 SPREAD = 0.15
@@ -111,18 +112,10 @@ def test_toy_score_model_trains_resumes_exactly_and_loads(tmp_path, monkeypatch)
     data = load_dataset("toy2d")
     cfg = ScoreTrainConfig(steps=40, batch_size=64, width=32)
     train_score_model(data, tmp_path / "straight", cfg, progress=False)
-    real, calls = trainer.diffusion_loss, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) > 25:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(trainer, "diffusion_loss", interrupted)
+    interrupt_after(monkeypatch, trainer, "diffusion_loss", 25)
     with pytest.raises(KeyboardInterrupt):
         train_score_model(data, tmp_path / "resumed", cfg, progress=False, save_every=10)
-    monkeypatch.setattr(trainer, "diffusion_loss", real)
+    monkeypatch.undo()
     train_score_model(data, tmp_path / "resumed", cfg, progress=False)  # continues from step 20
     a, b = load_score_model(tmp_path / "straight"), load_score_model(tmp_path / "resumed")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):

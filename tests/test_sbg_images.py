@@ -5,19 +5,18 @@ its targets through the config (pag.sbg_sigma), their exact meaning against the 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from pagrob.cli import main
 from pagrob.config import ConfigError, load_config
 from pagrob.data import Dataset, load_dataset
-from pagrob.data.images import CIFAR10_CLASSES
 from pagrob.diffusion import ScoreTrainConfig, load_score_model, train_score_model
 from pagrob.diffusion.models import EDMScore
 from pagrob.targets import build_source
 from pagrob.targets.score_based import ScoreBased
 from pagrob.targets.smoothed import SmoothedTrainingSet
+from fakes import interrupt_after, write_cifar_like
 
 TINY = ["--width", "8", "--batch-size", "8", "--sigmas", "1", "2"]
 
@@ -25,15 +24,7 @@ TINY = ["--width", "8", "--batch-size", "8", "--sigmas", "1", "2"]
 @pytest.fixture(scope="module")
 def cifar_file(tmp_path_factory) -> Path:
     """A CIFAR-10-shaped file of smooth random images (200 train, 20 test), every class present."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "cifar10.npz"
-
-    def images(n):
-        return (rng.random((n, 8, 8, 3)).repeat(4, 1).repeat(4, 2) * 255).astype(np.uint8)
-
-    np.savez(path, x_train=images(200), y_train=np.arange(200) % 10, x_test=images(20), y_test=np.arange(20) % 10,
-             classes=np.array(CIFAR10_CLASSES))
-    return path
+    return write_cifar_like(tmp_path_factory.mktemp("data") / "cifar10.npz", 200, 20)
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +50,12 @@ def test_a_killed_training_resumes_its_step_count(tmp_path, monkeypatch, cifar_f
 
     data = load_dataset("cifar10", cifar_file, holdout=30)
     cfg = ScoreTrainConfig(steps=6, batch_size=4, width=8, sigmas=[1, 2], holdout=30)
-    real, calls = trainer.diffusion_loss, []
-
-    def killed(*args):
-        calls.append(1)
-        if len(calls) > 4:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(trainer, "diffusion_loss", killed)
+    interrupt_after(monkeypatch, trainer, "diffusion_loss", 4)
     with pytest.raises(KeyboardInterrupt):
         train_score_model(data, tmp_path, cfg, progress=False, save_every=2)
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 4
-    calls.clear()
-
-    def counted(*args):
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(trainer, "diffusion_loss", counted)
+    monkeypatch.undo()
+    calls = interrupt_after(monkeypatch, trainer, "diffusion_loss", 10**6)  # counts the calls, kills none
     train_score_model(data, tmp_path, cfg, progress=False)
     assert len(calls) == 2 and json.loads((tmp_path / "progress.json").read_text())["step"] == 6
     with pytest.raises(ConfigError, match="other settings"):

@@ -4,15 +4,14 @@ end to end (smoke preset, a synthetic CIFAR-10 file) including resuming and refu
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from pagrob.cli import main
 from pagrob.config import ConfigError, to_dict
-from pagrob.data.images import CIFAR10_CLASSES
 from pagrob.runs import RunError
 from pagrob.study import dry_run_study, load_study, run_study
+from fakes import write_cifar_like
 
 OBJECTIVE = {"name", "pag.source", "adv.method"}  # what may differ between the runs of a cpu or smoke study
 
@@ -27,15 +26,7 @@ def flat(tree: dict, prefix: str = "") -> dict:
 @pytest.fixture(scope="module")
 def cifar_file(tmp_path_factory) -> Path:
     """A CIFAR-10-shaped file of smooth random images (320 train, 40 test), every class present."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "cifar10.npz"
-
-    def images(n):
-        return (rng.random((n, 8, 8, 3)).repeat(4, 1).repeat(4, 2) * 255).astype(np.uint8)
-
-    np.savez(path, x_train=images(320), y_train=np.arange(320) % 10, x_test=images(40), y_test=np.arange(40) % 10,
-             classes=np.array(CIFAR10_CLASSES))
-    return path
+    return write_cifar_like(tmp_path_factory.mktemp("data") / "cifar10.npz", 320, 40)
 
 
 @pytest.mark.parametrize("preset", ["cpu", "smoke"])

@@ -83,7 +83,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pagrob.config import load_config
+    from pagrob.config import Config
     from pagrob.pipeline import train_and_evaluate
 
     if args.dry_run:
@@ -96,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = _train_config(args)
+    if cfg.name == Config.name:  # not named by the config or --set: the run is called what its folder is
+        cfg.name = Path(args.out).name
     if args.nproc is not None:
         _launch_train(args, cfg)
         return
