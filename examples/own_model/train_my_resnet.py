@@ -5,6 +5,7 @@ Normalisation is done here, in the loop, as most training code does; pagrob is t
 """
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,5 +29,6 @@ for batch in torch.randperm(len(x)).split(128):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+Path(weights_file).parent.mkdir(parents=True, exist_ok=True)
 torch.save(model.state_dict(), weights_file)
 print(f"wrote {weights_file} (last batch loss {loss.item():.3f})")

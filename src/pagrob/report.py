@@ -95,7 +95,8 @@ def summary_table(rows: list[dict]) -> tuple[Table, str]:
         for k in radii:
             w = found.get(k)
             cells.append("–" if w is None else f"{100 * w['accuracy']:.1f}" + _mark(w.get("verdict")))
-        al = r.get("alignment", {})
+        # the training's own score, else (an imported run) the first one an evaluation took
+        al = r.get("alignment") or next(({"source": s, **v} for s, v in r.get("alignment_scores", {}).items()), {})
         cells.append(f"{al['cosine']:.3f} ({al['source']})" if al else "–")
         cells.append(f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–")
         cells.append(_run_verdict(r))
