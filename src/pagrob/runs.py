@@ -118,7 +118,7 @@ def read_results(run_dir: Path) -> dict:
 
 @dataclass
 class Run:
-    """A finished run: `.model` (eval mode, raw inputs -> logits), `.config`, `.path`, `.results`."""
+    """A finished run: `.model` (eval mode, raw inputs -> logits), `.config`, `.path`, `.results`, `.method`."""
 
     path: Path
     config: Config
@@ -127,6 +127,11 @@ class Run:
     @property
     def results(self) -> dict:
         return read_results(self.path)
+
+    @property
+    def method(self) -> str:
+        """The results' name for it (`imported` for weights trained elsewhere), else the config's label."""
+        return self.results.get("method", self.config.method)
 
     def dataset(self) -> Dataset:
         return load_dataset(self.config.data.name, self.config.data.data_dir, self.config.data.download,

@@ -104,7 +104,7 @@ def plot_targeted(runs: list[Run], data: Dataset, out: Path, n_images: int = 4, 
         axes[0, 0].set_title("input", fontsize=8)
         for j, c in enumerate(classes):
             axes[0, j + 1].set_title(f"→ {data.classes[c] if data.classes else c}", fontsize=8)
-        panel.suptitle(f"{run.config.name} ({run.config.method})", fontsize=10)
+        panel.suptitle(f"{run.config.name} ({run.method})", fontsize=10)
     for panel in panels[len(runs):]:
         panel.set_visible(False)
     fig.suptitle(f"{data.name}: targeted L2 PGD toward each class (ε={eps:.3g}, {steps} steps; "
@@ -252,7 +252,7 @@ def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -
         ax.add_patch(plt.Circle((-50, -100), 15, fill=False, ls="--", color="k"))
         at15 = worst_by_radius(run.results).get(("l2", 15.0))
         extra = f", worst-case L2 ε=15: {100 * at15['accuracy']:.0f}%" if at15 else ""
-        ax.set_title(f"{run.config.name} ({run.config.method}){extra}", fontsize=9)
+        ax.set_title(f"{run.config.name} ({run.method}){extra}", fontsize=9)
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
         ax.set_aspect("equal")
