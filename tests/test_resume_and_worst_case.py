@@ -139,3 +139,32 @@ def test_settings_refuse_bad_values_with_the_fix():
         AttackSettings(eps=0)
     with pytest.raises(ValueError, match="PGD losses must be among ce, margin"):
         AttackSettings(pgd_losses=("hinge",))
+
+
+def test_an_attack_on_the_survivors_attacks_only_them_and_reaches_the_same_worst_case(model, digits, tmp_path):
+    """AutoAttack after a stored PGD (`survivors`): its components see only what PGD left standing, its entry's
+    accuracy is the chain's, equal to the per-image worst case, and the breakdown counts each image once."""
+    v = Victim(model, digits.x_test[:60], digits.y_test[:60], (0.0, 1.0), 10)
+    store = OutcomeStore(tmp_path, model_hash(model))
+    pgd = AttackSettings(attack="pgd", eps=0.5, pgd_steps=3, pgd_restarts=1, version="apgd-fast")
+    first = evaluate.robust_accuracy(v, pgd, store, progress=False)
+    fooled_by_pgd = set(first["broken_by"]["pgd"])
+    assert fooled_by_pgd and first["accuracy"] > 0
+    chain = evaluate.robust_accuracy(v, pgd.with_(attack="autoattack"), store, progress=False, survivors=True)
+    assert set(chain["after"]) == {"pgd 3x1-ce+margin", "square apgd-fast"}  # PGD and its guard came first
+    assert chain["after"]["pgd 3x1-ce+margin"] == len(fooled_by_pgd)
+    apgd = store.open("apgd-ce", pgd.with_(attack="autoattack"), 60).codes
+    assert all(apgd[i] == NOT_ATTACKED for i in fooled_by_pgd)  # nothing PGD fooled was attacked again
+    [wc] = worst_cases(store, predict(model, v.x) == v.y, [first, chain])
+    assert chain["accuracy"] == pytest.approx(wc["accuracy"]) and chain["accuracy"] <= first["accuracy"]
+    assert sum(chain["breakdown"].values()) == 60 - round(chain["accuracy"] * 60)
+    assert "after pgd 3x1-ce+margin" in evaluate.summary_line(chain)
+
+
+def test_versions_that_run_a_component_alike_share_its_outcomes():
+    """apgd-fast runs custom-fast's APGD-CE and APGD-T: one outcome file each, whichever version asked."""
+    fast = AttackSettings(attack="autoattack", version="apgd-fast")
+    assert fast.budget("apgd-ce") == fast.budget("apgd-t") == "custom-fast"
+    assert fast.budget("square") == "apgd-fast"  # 300 queries, a budget of its own
+    assert AttackSettings(version="rand").budget("apgd-ce") == "rand"  # 20 gradients per step: not standard's
+    assert AttackSettings(version="rand").budget("square") == "standard"

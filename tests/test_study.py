@@ -10,7 +10,8 @@ import yaml
 from pagrob.cli import main
 from pagrob.config import ConfigError, to_dict
 from pagrob.runs import RunError
-from pagrob.study import dry_run_study, load_study, run_study
+from pagrob.files import write_json
+from pagrob.study import dry_run_study, load_study, run_study, select_runs, steps_from
 from fakes import write_cifar_like
 
 OBJECTIVE = {"name", "pag.source", "adv.method"}  # what may differ between the runs of a cpu or smoke study
@@ -191,14 +192,32 @@ def test_a_study_trains_only_the_named_runs_and_fine_tunes_from_its_own_run(tmp_
 
 
 def test_minutes_preset_fine_tunes_every_objective_from_one_base(tmp_path):
+    """Every objective from scratch at base's minutes, and fine-tuned from base at two budgets; evaluated on 1,000
+    test images, AutoAttack continuing on what the guarded PGD left."""
     study = load_study("minutes", tmp_path, data="/some/cifar10.npz")
     by_name = {r.name: r for r in study.runs}
-    scratch = ["vanilla", "pag-cm", "at-l2", "fgsm-l2", "n-fgsm-l2", "fgsm-l2+pag-cm"]
-    assert [by_name[n].cfg.method for n in scratch] == scratch
-    for minutes in (2, 6):
-        for name in scratch:
+    scratch = ["pag-cm", "at-l2", "fgsm-l2", "n-fgsm-l2", "fgsm-l2+pag-cm"]
+    assert [by_name[n].cfg.method for n in ["base"] + scratch] == ["vanilla"] + scratch
+    assert {by_name[n].cfg.optim.minutes for n in ["base"] + scratch} == {by_name["base"].cfg.optim.minutes}
+    for minutes in (1, 3):
+        for name in ["vanilla"] + scratch:
             run = by_name[f"ft{minutes}-{name}"]
             assert run.init == "base" and run.cfg.init == str(tmp_path / "runs" / "base")
             assert run.cfg.optim.minutes == minutes and run.cfg.method == name
     base = by_name["base"].cfg.optim
     assert base.nesterov and base.schedule == "onecycle" and by_name["base"].init is None
+    assert study.n >= 1000 and study.survivors and study.version == "apgd-fast"
+    assert all(r.cfg.eval.n >= 1000 and r.cfg.eval.pgd_restarts >= 2 for r in study.runs)
+
+
+def test_steps_from_repeats_the_planned_steps_of_an_earlier_study(tmp_path):
+    study = select_runs(load_study("minutes", tmp_path / "again", data="/some/cifar10.npz"), ["ft1-pag-cm"])
+    with pytest.raises(ConfigError, match="no results.json for run base"):
+        steps_from(study, tmp_path / "first")
+    for i, run in enumerate(study.runs):
+        (tmp_path / "first" / "runs" / run.name).mkdir(parents=True)
+        write_json(tmp_path / "first" / "runs" / run.name / "results.json", {"planned_steps": 100 + i})
+    fixed = steps_from(study, tmp_path / "first")
+    assert [r.cfg.optim.steps for r in fixed.runs] == [100, 101] and [r.name for r in fixed.runs] == ["base",
+                                                                                                     "ft1-pag-cm"]
+    assert [r.cfg.optim.steps for r in study.runs] == [0, 0]  # the study it came from is left as it was

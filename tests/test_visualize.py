@@ -139,3 +139,30 @@ def test_robustness_against_compute_is_drawn_once_two_families_are_timed(runs, t
     path = captions["digits: robustness against training compute"]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert "digits: robustness against training compute" not in dict(make_figures([runs[0]], tmp_path / "one"))
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both_counts():
+    from pagrob.visualize import pareto_front
+    points = [(60.0, 10.0), (50.0, 20.0), (55.0, 5.0), (40.0, 20.0), (30.0, 25.0)]
+    assert pareto_front(points) == [(30.0, 25.0), (50.0, 20.0), (60.0, 10.0)]
+
+
+def test_fine_tuned_runs_lead_the_report_with_robustness_per_minute(runs, tmp_path):
+    """A run fine-tuned from another (results `init`): the per-minute figure is drawn and the report opens on it."""
+    import shutil
+
+    import yaml
+    tuned = tmp_path / "digits-ft"
+    shutil.copytree(runs[0], tuned)
+    cfg = yaml.safe_load((tuned / "config.yaml").read_text())
+    cfg["pag"]["source"], cfg["name"] = "cm", "digits-ft"
+    (tuned / "config.yaml").write_text(yaml.safe_dump(cfg))
+    results = json.loads((tuned / "results.json").read_text())
+    results["init"] = {"run": str(runs[0].resolve()), "weights_sha256": "0" * 64}
+    (tuned / "results.json").write_text(json.dumps(results))
+    captions = dict(make_figures([runs[0], tuned], tmp_path / "figs"))
+    path = captions["digits: robustness per minute, from scratch and fine-tuned"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10000
+    md = write_report([runs[0], tuned], tmp_path / "report").read_text()
+    assert md.index("robustness per minute") < md.index("worst-case robust accuracy versus ε")
+    assert "robustness per minute" not in "".join(dict(make_figures([runs[0]], tmp_path / "one")))

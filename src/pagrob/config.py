@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pagrob.attacks.adversaries import ADVERSARIES, NONE, adversary_names, known_adversary
+from pagrob.attacks.library import VERSIONS
 from pagrob.data import dataset_names, known_dataset
 from pagrob.errors import ConfigError
 from pagrob.models import arch_choices, arch_route, known_arch
@@ -148,6 +149,9 @@ class EvalConfig:
     pgd_losses: list[str] = field(default_factory=lambda: ["ce", "margin"])
     n: int = 0  # test images evaluated under attack, the first n in order; 0 means all
     batch_size: int = 256
+    # the AutoAttack version whose Square budget the black-box guard uses (pagrob.attacks.library.VERSIONS):
+    # custom-fast (1,000 queries); apgd-fast (300) where many runs share a CPU
+    version: str = "custom-fast"
 
 
 @dataclass
@@ -356,6 +360,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.train_n >= 0, f"data.train_n must be >= 0 (0 = all training images), got {cfg.data.train_n}")
     _check(cfg.data.holdout >= 0, f"data.holdout must be >= 0 (0 = evaluate on the test split), got {cfg.data.holdout}")
     _check(cfg.eval.n >= 0, f"eval.n must be >= 0 (0 = all), got {cfg.eval.n}")
+    _check(cfg.eval.version in VERSIONS, f"eval.version must be one of {', '.join(VERSIONS)} (the AutoAttack version "
+                                         f"whose Square budget the guard uses), got {cfg.eval.version!r}")
     _check(cfg.data.augment in ("auto", "none", "crop", "crop_flip"),
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
     _check(known_arch(cfg.model.arch), f"model.arch must be {arch_choices()}, got '{cfg.model.arch}'")

@@ -200,11 +200,13 @@ def provenance(s: AttackSettings, device: torch.device | str) -> dict:
 
 
 def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = None, progress: bool = True,
-                    sweep: dict | None = None) -> dict:
+                    sweep: dict | None = None, survivors: bool = False) -> dict:
     """One `robust_accuracy` entry for results.json, with its per-attack breakdown and guard verdicts.
 
     `store` keeps per-image outcomes (default: in memory only); `sweep` reuses an eps-sweep guard already computed
-    for this model, norm and images.
+    for this model, norm and images. `survivors`: attack only the images no attack in `store` has fooled at this
+    radius, as AutoAttack chains its own components; the worst case is the same, the cost a fraction, and the
+    entry's accuracy is then that of the whole chain (its `after` lists the attacks that came first).
     """
     need = MIN_CLASSES.get(s.attack, 2)
     if v.num_classes < need:
@@ -215,7 +217,12 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
     store = store or OutcomeStore(None, model_hash(v.model))
     clean_ok = predict(v.model, v.x) == v.y
     names, skipped = (components_for(s.version, v.num_classes) if s.attack == "autoattack" else ([s.attack], []))
-    seq = run_sequence(v, names, s, clean_ok, store, progress)
+    standing, fooled_before = clean_ok.clone(), {}
+    for name, fooled in (_stored_before(store, s, len(v.x), names) if survivors else {}).items():
+        newly = fooled.to(standing.device) & standing
+        fooled_before[name] = int(newly.sum())
+        standing &= ~newly
+    seq = run_sequence(v, names, s, standing, store, progress)
     checks = {
         "eps_sweep": sweep or guards.eps_sweep(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
         "blackbox": _blackbox_guard(v, names, s, seq, clean_ok, store, progress),
@@ -232,11 +239,25 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
         entry.update(steps=s.pgd_steps, restarts=s.pgd_restarts, losses=list(s.pgd_losses))
     else:
         entry["version"] = s.version
-    entry.update(breakdown={"clean": int((~clean_ok).sum()), **{k: len(x) for k, x in seq.broken_by.items()}},
+    if survivors:
+        entry["after"] = fooled_before  # the attacks this one continued, with the images each fooled first
+    entry.update(breakdown={"clean": int((~clean_ok).sum()), **fooled_before,
+                            **{k: len(x) for k, x in seq.broken_by.items()}},
                  broken_by=seq.broken_by, skipped=skipped, guards=checks, verdict=status, suspect_reasons=reasons,
                  seconds_by_attack=seq.seconds, seconds=time.perf_counter() - start,
                  provenance=provenance(s, v.x.device))
     return entry
+
+
+def _stored_before(store: OutcomeStore, s: AttackSettings, n: int, names: list[str]) -> dict[str, Tensor]:
+    """'component budget' -> images it fooled, for every stored attack at the radius of `s` on the same n images
+    other than the ones about to run."""
+    found = {}
+    for o in store.all_at(s.norm, s.eps):
+        label = f"{o.component} {o.key['budget']}"
+        if len(o.codes) == n and not (o.component in names and o.key["budget"] == s.budget(o.component)):
+            found[label] = torch.tensor(o.codes) == FOOLED
+    return found
 
 
 def eval_settings(cfg: EvalConfig, **changes) -> AttackSettings:
@@ -248,14 +269,14 @@ def eval_settings(cfg: EvalConfig, **changes) -> AttackSettings:
 def pgd_results(v: Victim, cfg: EvalConfig, store: OutcomeStore, progress: bool = True) -> list[dict]:
     """Robust accuracy under the evaluation PGD for every norm and eps in the eval config, guarded.
 
-    The guards' black-box check uses the "custom-fast" Square budget here: this runs after every training.
+    The guards' black-box check uses the Square budget of `cfg.version`: this runs after every training.
     """
     rows = []
     for norm in cfg.norms:
         eps_list = [e for e in (cfg.eps_l2 if norm == "l2" else cfg.eps_linf) if e > 0]
         sweep = guards.eps_sweep(v.model, v.x, v.y, norm, max(eps_list), v.bounds) if eps_list else None
         for eps in eps_list:
-            s = eval_settings(cfg, attack="pgd", norm=norm, eps=eps, version="custom-fast")
+            s = eval_settings(cfg, attack="pgd", norm=norm, eps=eps, version=cfg.version)
             rows.append(robust_accuracy(v, s, store, progress, sweep))
     return rows
 
@@ -316,6 +337,7 @@ def evaluate_and_write(model: nn.Module, data: Dataset, cfg: Config, out: Path, 
 def summary_line(entry: dict) -> str:
     """One line for the screen: attack, radius, accuracy, and the guards' verdict with reasons."""
     what = entry["attack"] + (f" ({entry['version']})" if "version" in entry else "")
+    what += f" after {' + '.join(entry['after'])}" if entry.get("after") else ""
     head = (f"{what} {entry['norm']} eps={entry['eps']:g}: robust {100 * entry['accuracy']:.1f}% "
             f"(clean {100 * entry.get('clean_accuracy', float('nan')):.1f}%, n={entry['n_examples']})")
     parts = ", ".join(f"{k} {v}" for k, v in entry.get("breakdown", {}).items())
@@ -348,11 +370,13 @@ def default_alignment_sources(run) -> list[str]:
 
 def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[float] | None = None,
                  n: int | None = None, version: str = "standard", alignment: list[str] | None = None,
-                 device: str | torch.device | None = None, progress: bool = True) -> list[dict]:
+                 device: str | torch.device | None = None, progress: bool = True,
+                 survivors: bool = False) -> list[dict]:
     """Attack the first n test images of a run (`pagrob.runs.Run`), score alignment, update its results.json.
 
     Per-image outcomes go to the run folder as they are found: run the same command again after a kill and it
-    continues. Returns the new robust_accuracy entries (`summary_line` gives each one line for the screen).
+    continues. `survivors`: attack only what the run's earlier attacks left standing (`robust_accuracy`).
+    Returns the new robust_accuracy entries (`summary_line` gives each one line for the screen).
     """
     # Every setting is checked (the AttackSettings) before any attack starts.
     settings = [eval_settings(run.config.eval, attack=attack, norm=norm, eps=e, version=version)
@@ -365,7 +389,7 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     victim = Victim(model, x_test[:n], y_test[:n], data.bounds, data.num_classes, run.config.adv.method)
     store = OutcomeStore(run.path / FOLDER, model_hash(model))
-    entries = [robust_accuracy(victim, s, store, progress) for s in settings]
+    entries = [robust_accuracy(victim, s, store, progress, survivors=survivors) for s in settings]
     sources = {}
     for name in alignment if alignment is not None else default_alignment_sources(run):
         sources[name] = make_source(name, run.config.pag, data).to(device)

@@ -19,7 +19,7 @@ from pagrob.diffusion.pictures import sbg_figures
 from pagrob.guards import worst_verdict
 from pagrob.outcomes import radius_label, worst_by_radius as worst
 from pagrob.runs import read_results
-from pagrob.visualize import HEADLINE, make_figures
+from pagrob.visualize import HEADLINE, PER_MINUTE, make_figures
 
 Table = tuple[list[str], list[list[str]]]  # header, rows of cells
 GUARDS = (("in_ball", "in ball"), ("eps_sweep", "ε-sweep"), ("blackbox", "black-box"), ("loss_rise", "loss rises"),
@@ -266,8 +266,11 @@ def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob repor
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(d) for d in run_dirs if read_results(Path(d))]
     figures = make_figures(run_dirs, out_dir, figure_images) + sbg_figures(run_dirs, out_dir)
-    headline = {c.split(":")[0]: (c, p) for c, p in figures if HEADLINE in c}
-    others = [(c, p) for c, p in figures if HEADLINE not in c]
+    leads = [(c, p) for c, p in figures if PER_MINUTE in c] + [(c, p) for c, p in figures if HEADLINE in c]
+    headline = {}
+    for caption, path in leads:  # per dataset the per-minute figure where there is one, else accuracy versus eps
+        headline.setdefault(caption.split(":")[0], (caption, path))
+    others = [f for f in figures if f not in headline.values()]
     by_dataset = _by_dataset(run_dirs)
     blocks: list[tuple[str, object]] = []  # ("section", Section) | ("figure", (caption, path)) | ("list", ...)
     for dataset, rows in by_dataset.items():

@@ -29,7 +29,7 @@ import yaml
 
 from pagrob import console
 from pagrob.attacks.library import get_version
-from pagrob.config import Config, from_dict, set_key, to_dict, validate
+from pagrob.config import Config, EvalConfig, from_dict, set_key, to_dict, validate
 from pagrob.data import Dataset, load_dataset
 from pagrob.devices import resolve_device
 from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
@@ -72,6 +72,7 @@ class Study:
     alignment: list[str]  # target sources every run is scored against
     figure_images: int
     score_model: ScoreTrainConfig | None = None  # what the study trains into DIR/score-model first, if any
+    survivors: bool = False  # the attack continues on what the evaluation PGD left (same worst case, less time)
 
 
 def preset_file(preset: str) -> Path:
@@ -193,7 +194,7 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         score_model = replace(score_model, holdout=runs[0].cfg.data.holdout, train_n=runs[0].cfg.data.train_n)
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
-                 int((tree.get("figures") or {}).get("images", 4)), score_model)
+                 int((tree.get("figures") or {}).get("images", 4)), score_model, bool(ev.get("survivors", False)))
 
 
 def select_runs(study: Study, names: list[str]) -> Study:
@@ -214,6 +215,24 @@ def select_runs(study: Study, names: list[str]) -> Study:
     return dataclasses.replace(study, runs=[r for r in study.runs if r.name in keep])
 
 
+def steps_from(study: Study, earlier: Path) -> Study:
+    """The study with every minutes-budgeted run fixed at the steps it planned in the study folder `earlier`: the
+    same command then repeats those runs step for step, whatever this machine's speed today."""
+    runs = []
+    for run in study.runs:
+        path = earlier / "runs" / run.name / "results.json"
+        if not run.cfg.optim.minutes:
+            runs.append(run)
+            continue
+        if not path.is_file():
+            raise ConfigError(f"--steps-from {earlier}: no results.json for run {run.name} there (train it in that "
+                              "study first, or leave --steps-from out to plan its steps from minutes)")
+        cfg = copy.deepcopy(run.cfg)
+        cfg.optim.steps = int(json.loads(path.read_text())["planned_steps"])
+        runs.append(dataclasses.replace(run, cfg=cfg))
+    return dataclasses.replace(study, runs=runs)
+
+
 def _say(message: str) -> None:
     console.line(f"pagrob study: {message}")
 
@@ -221,7 +240,8 @@ def _say(message: str) -> None:
 def _check_plan(out: Path, study: Study) -> None:
     """A study folder holds one study: refuse to mix a different plan into an earlier one's runs."""
     plan = {"preset": study.preset, "runs": {r.name: to_dict(r.cfg) for r in study.runs},
-            "evaluation": {"attack": study.attack, "version": study.version, "n": study.n},
+            "evaluation": {"attack": study.attack, "version": study.version, "n": study.n,
+                           **({"survivors": True} if study.survivors else {})},
             "score_model": study.score_model and asdict(study.score_model)}
     path = out / PLAN
     if path.is_file():
@@ -290,7 +310,7 @@ def _evaluate(study: Study, run_dir: Path, progress: bool) -> None:
             continue
         align = [] if "alignment_scores" in run.results else study.alignment
         for entry in evaluate_run(run, attack=study.attack, norm=norm, eps=[eps], n=n, version=study.version,
-                                  alignment=align, progress=progress):
+                                  alignment=align, progress=progress, survivors=study.survivors):
             _say(f"{run.config.name}: {summary_line(entry)}")
 
 
@@ -298,11 +318,15 @@ def _notes(study: Study, data: Dataset, seconds: float) -> str:
     cfg = study.runs[0].cfg
     split = "held-out validation images from x_train" if data.test_split == "validation" else "test images"
     attack = study.attack if study.attack == "pgd" else f"{study.attack} ({study.version})"
+    attack += " on the images it left standing" if study.survivors else ""
+    length = ("a budget in minutes (each run's in the table; its steps planned from a timed step)"
+              if any(r.cfg.optim.minutes for r in study.runs) else f"{cfg.optim.epochs} epochs")
     return (f"Study preset `{study.preset}`: {study.description}. Every run: {cfg.model.arch} width {cfg.model.width}, "
-            f"{len(data.x_train)} training images, {cfg.optim.epochs} epochs of batch {cfg.optim.batch_size}, "
-            f"{cfg.optim.name} lr {cfg.optim.lr}, augmentation {cfg.data.augment}; PAG runs lam {cfg.pag.lam}, "
-            f"k {cfg.pag.k or data.num_classes}. Evaluated on the first {min(study.n, len(data.x_test))} {split}: "
-            f"{attack} at L2 0.5 and L∞ 8/255, after our guarded PGD-{cfg.eval.pgd_steps}. "
+            f"{len(data.x_train)} training images, {length} of batch {cfg.optim.batch_size}, "
+            f"{cfg.optim.name} lr {cfg.optim.lr} ({cfg.optim.schedule} schedule; fine-tuned runs may set their own), "
+            f"augmentation {cfg.data.augment}; PAG runs lam {cfg.pag.lam}, k {cfg.pag.k or data.num_classes}. "
+            f"Evaluated on the first {min(study.n, len(data.x_test))} {split}: our guarded PGD-{cfg.eval.pgd_steps} "
+            f"x {cfg.eval.pgd_restarts} restarts, then {attack}, at L2 0.5 and L∞ 8/255. "
             f"Wall time of this invocation: {seconds / 60:.1f} min (a resumed study counts only its last part).")
 
 
@@ -331,13 +355,16 @@ def run_study(study: Study, out: Path, progress: bool = True) -> Path:
     return report
 
 
-def _attack_passes(version: str, attack: str) -> int:
-    """Forward+backward passes per attacked image, at most (every image standing to the end of every attack)."""
+def _attack_passes(version: str, attack: str, ev: EvalConfig) -> int:
+    """Forward+backward passes per attacked image, at most (every image standing to the end of every attack): the
+    evaluation PGD after training, the study's attack, and Square as the guard of each."""
     v = get_version(version)
     per = {"apgd-ce": v.steps, "apgd-dlr": v.steps, "apgd-t": v.steps * v.targets, "fab-t": v.steps * v.targets,
-           "square": v.queries // 3}  # Square: one forward per query, about a third of a forward+backward
-    names = v.components if attack == "autoattack" else (attack,)
-    return sum(per.get(name, 0) for name in names)
+           "square": v.queries // 3,  # Square: one forward per query, about a third of a forward+backward
+           "pgd": ev.pgd_steps * ev.pgd_restarts * len(ev.pgd_losses)}
+    names = set(v.components if attack == "autoattack" else (attack,)) | {"pgd"}
+    guards = get_version(ev.version).queries // 3 + (0 if "square" in names else v.queries // 3)
+    return sum(per.get(name, 0) for name in names) + guards
 
 
 def _matmul_flops_per_second() -> float:
@@ -373,7 +400,8 @@ def dry_run_study(study: Study, out: Path) -> str:
         steps = o.steps or (round(o.minutes * 60 / step) if o.minutes else math.ceil(n_train / batch) * o.epochs)
         seconds = step * steps
         n_eval = min(study.n, r["n_test"])
-        attack = 2 * n_eval * _attack_passes(study.version, study.attack) * r["vanilla_step_seconds"] / batch
+        passes = _attack_passes(study.version, study.attack, run.cfg.eval)
+        attack = 2 * n_eval * passes * r["vanilla_step_seconds"] / batch
         total += seconds + attack
         needs = "; ".join(f"{'present' if ok else 'MISSING'}: {what}" for what, ok in r["needs"]) or "built in"
         length = (f"{o.minutes:g} min (~{steps} steps of {batch})" if o.minutes and not o.steps else
@@ -382,7 +410,8 @@ def dry_run_study(study: Study, out: Path) -> str:
         lines.append(f"- {run.name} ({r['method']}): {r['arch']} {r['parameters'] / 1e6:.2f} M parameters, "
                      f"{length}{f', from {run.init}' if run.init else ''}; step "
                      f"{step:.2f} s (timed at that batch after a warm-up step) -> training {_duration(seconds)}; "
-                     f"{study.attack} ({study.version}) at 2 radii on {n_eval} images: at most {_duration(attack)}; "
+                     f"evaluation PGD + {study.attack} ({study.version}) at 2 radii on {n_eval} images: at most "
+                     f"{_duration(attack)}; "
                      f"data: {needs}")
         if run.store is not None:
             lines.append(f"    targets: {run.cfg.pag.source} (sigma {run.cfg.pag.sigma:g}) precomputed into {run.store}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ from pagrob.targets import TargetSource, build_source, reference_source_name
 CHECKPOINTS = "checkpoints"  # subfolder of a run with its crash-safe checkpoints
 PGD_CHECK_IMAGES = 200  # the per-epoch PGD check: this many evaluation images, ...
 PGD_CHECK_STEPS = 10  # ... this many steps at the run's training norm and eps
-UNTIMED_STEPS, TIMED_STEPS = 1, 3  # optim.minutes: steps taken to measure the step time, the first not counted
+# optim.minutes: steps taken to measure the step time, the first ones not counted; the median of the rest (3 steps
+# averaged planned 79 and 101 steps for two identical 1-minute runs on a shared 2-core CPU)
+UNTIMED_STEPS, TIMED_STEPS = 2, 7
 
 
 def lam_at(pag: PagConfig, epoch: int, epochs: int) -> float:
@@ -284,7 +287,7 @@ def _epoch_row(model: nn.Module, data: Dataset, align_source: TargetSource, epoc
 
 def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, step: Step, ctx: distributed.Context
                 ) -> float:
-    """Seconds per optimizer step on this process's share of the first batch, timed over TIMED_STEPS after
+    """Seconds per optimizer step on this process's share of the first batch: the median of TIMED_STEPS steps after
     UNTIMED_STEPS (allocations, kernel choice), averaged over the processes. The weights, optimizer and random
     streams are put back afterwards: the timing changes nothing the run then does."""
     saved = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
@@ -294,18 +297,18 @@ def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, ste
     first = torch.arange(min(step.cfg.optim.batch_size, len(data.x_train)), device=ctx.device)
     local = distributed.local_slice(first, ctx)
     model.train()
-    start = 0.0
-    for i in range(UNTIMED_STEPS + TIMED_STEPS):
-        if i == UNTIMED_STEPS:
-            sync()
-            start = time.perf_counter()
+    times = []
+    for _ in range(UNTIMED_STEPS + TIMED_STEPS):
+        sync()
+        start = time.perf_counter()
         with autocast(ctx.device, step.cfg.optim.precision):  # timed as training runs it
             loss, _ = train_step(model, data.x_train[local], data.y_train[local], local, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    sync()
-    seconds = (time.perf_counter() - start) / TIMED_STEPS
+        sync()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[UNTIMED_STEPS:])
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     step.generator.set_state(streams[0])

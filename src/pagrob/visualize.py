@@ -31,6 +31,7 @@ LARGE_EPS_FRACTION = 0.3  # default targeted radius: this fraction of the image 
 TARGETED_STEPS = 60
 MAX_TARGET_COLUMNS = 10  # datasets with more classes show the first ten
 HEADLINE = "worst-case robust accuracy versus ε"  # the caption the report leads with
+PER_MINUTE = "robustness per minute, from scratch and fine-tuned"  # leads instead where runs were fine-tuned
 
 
 def pick_images(y: Tensor, k: int) -> Tensor:
@@ -233,6 +234,73 @@ def plot_robustness_vs_compute(runs: list[Run], out: Path) -> Path:
     return out
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (higher is better), in order of the first."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
+    """The robustness-per-minute study at a glance, one row per radius: worst-case robust accuracy against training
+    minutes from scratch; against fine-tuning minutes, one line per objective starting at the model it fine-tunes
+    (0 min); and clean against robust accuracy for every run, with the Pareto front."""
+    from matplotlib.lines import Line2D
+
+    by_path = {r.path.resolve(): r for r in runs}
+    tuned = [r for r in runs if "init" in r.results]
+    bases = {Path(r.results["init"]["run"]).resolve() for r in tuned}
+    scratch = [r for r in runs if "init" not in r.results]
+    worst = {r.path: worst_by_radius(r.results) for r in runs}
+    radii = sorted(set.intersection(*(set(w) for w in worst.values())))
+    objectives = sorted({r.method for r in runs})
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(objectives)}
+    fig, axes = plt.subplots(len(radii), 3, figsize=(15.5, 3.9 * len(radii)), squeeze=False)
+    for row, radius in zip(axes, radii):
+        label = radius_label(*radius)
+
+        def robust(r: Run) -> float:
+            return 100 * worst[r.path][radius]["accuracy"]
+
+        for method in objectives:
+            mine = sorted((r for r in scratch if r.method == method), key=lambda r: r.results["train_seconds"])
+            if mine:
+                row[0].plot([r.results["train_seconds"] / 60 for r in mine], [robust(r) for r in mine], marker="o",
+                            color=colour[method])
+            for base_path in bases:
+                line = [r for r in tuned if r.method == method and Path(r.results["init"]["run"]).resolve() == base_path]
+                line.sort(key=lambda r: r.results["train_seconds"])
+                base = by_path.get(base_path)
+                start = ([0.0], [robust(base)]) if base is not None else ([], [])
+                if line:
+                    row[1].plot(start[0] + [r.results["train_seconds"] / 60 for r in line],
+                                start[1] + [robust(r) for r in line], marker="o", color=colour[method])
+        points = []
+        for r in runs:
+            clean = 100 * worst[r.path][radius]["clean_accuracy"]
+            points.append((clean, robust(r)))
+            row[2].scatter([clean], [robust(r)], color=colour[r.method], zorder=3,
+                           marker="o" if "init" in r.results else "s", facecolors="none" if "init" not in r.results
+                           else colour[r.method])
+        front = pareto_front(points)
+        row[2].plot([p[0] for p in front], [p[1] for p in front], color="black", lw=0.8, ls="--", zorder=2)
+        for ax, title, xlabel in ((row[0], "from scratch", "training minutes (wall)"),
+                                  (row[1], "fine-tuned", "fine-tuning minutes (wall; 0 = the model it starts from)"),
+                                  (row[2], "clean against robust (dashed: Pareto front)", "clean accuracy (%)")):
+            ax.set_title(f"{title}, {label}", fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"worst-case robust accuracy at {label} (%)")
+            ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colour[m], marker="o", label=m) for m in objectives]
+    handles += [Line2D([], [], color="black", marker="s", markerfacecolor="none", ls="", label="from scratch"),
+                Line2D([], [], color="black", marker="o", ls="", label="fine-tuned")]
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{runs[0].config.data.name}: {PER_MINUTE}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -> Path:
     """Decision regions of toy2d runs side by side, with the test points and an eps=15 disc for scale; each title
     gives the run's worst-case L2 robust accuracy at eps=15 when it was measured."""
@@ -286,6 +354,9 @@ def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps
             figures.append((f"{dataset}: {HEADLINE}",
                             plot_accuracy_vs_eps(dirs, out_dir / f"{name}_accuracy_vs_eps.png")))
         timed = [r for r in runs if "train_seconds" in r.results and worst_by_radius(r.results)]
+        if any("init" in r.results for r in timed):
+            figures.append((f"{dataset}: {PER_MINUTE}",
+                            plot_robustness_per_minute(timed, out_dir / f"{name}_per_minute.png")))
         if len({method_family(r.config) for r in timed}) > 1:
             figures.append((f"{dataset}: robustness against training compute",
                             plot_robustness_vs_compute(timed, out_dir / f"{name}_compute.png")))

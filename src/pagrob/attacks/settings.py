@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pagrob.attacks.library import COMPONENTS, VERSIONS, get_version
+from pagrob.attacks.library import COMPONENTS, VERSIONS, budget_label, get_version
 from pagrob.attacks.pgd import LOSSES
 
 ATTACKS: dict[str, str] = {
@@ -63,7 +63,7 @@ class AttackSettings:
         """What sets a component's strength, for file names and labels: PGD's steps/restarts/losses, else the version."""
         if component == "pgd":
             return f"{self.pgd_steps}x{self.pgd_restarts}-{'+'.join(self.pgd_losses)}"
-        return self.version
+        return budget_label(self.version, component)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
