@@ -63,6 +63,8 @@ def test_minutes_plan_steps_from_the_measured_step_time_and_a_resume_keeps_the_p
     plan = trained.plan
     assert plan["step_seconds_estimate"] > 0
     assert plan["planned_steps"] == max(1, int(0.6 / plan["step_seconds_estimate"]))
+    # at least half the timed steps last the median or longer: the measurement's own wall time is recorded
+    assert plan["timing_seconds"] >= (train.TIMED_STEPS + 1) // 2 * plan["step_seconds_estimate"]
     assert checkpoint.latest(tmp_path / "run" / train.CHECKPOINTS)[1]["plan"] == plan
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
 

@@ -294,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 as an npz file (x_train, y_train, x_test, y_test, uint8 "
                                                   "NHWC) or torchvision's folder (default: the preset's data.data_dir)")
     p.add_argument("--preset", default="cpu", help="cpu (default: sized for ~2 h on a 2-core CPU), paper (the "
-                                                   "paper's recipes, for a GPU), minutes (draft: every objective at "
-                                                   "equal minutes, for a GPU), or a preset YAML file")
+                                                   "paper's recipes, for a GPU), minutes (every objective at "
+                                                   "equal minutes, from scratch and fine-tuned, ~90 min on a 2-core "
+                                                   "CPU), minutes_tuning (its validation tuning), minutes_gpu (an "
+                                                   "untuned draft for a GPU), or a preset YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
     p.add_argument("--runs", nargs="+", metavar="NAME,NAME", help="train and report only these runs of the preset, "
                                                                  "with the runs (init) and stores they need")

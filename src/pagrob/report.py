@@ -1,7 +1,8 @@
 """Tables and figures from run folders: `report.md` and a self-contained `report.html`.
 
 The report leads with what a reader came for: per dataset, one figure (worst-case robust accuracy against eps,
-one line per run) and one summary table (clean accuracy, the worst-case robust accuracy at each radius,
+one line per run; robustness per training minute instead where runs were fine-tuned from others) and one summary
+table (clean accuracy, the worst-case robust accuracy at each radius,
 alignment, training minutes, the guards' verdict). A worst case is per image over every attack pagrob ran at
 that radius (`results.json`'s `worst_case`), so no number shown is one attack's optimistic view. The per-attack
 numbers, the guards' rows, AutoAttack's breakdowns, the alignment scores and the provenance of the numbers
@@ -41,7 +42,8 @@ def _attack_label(entry: dict) -> str:
     if entry["attack"] == "pgd" and "steps" in entry:
         return f"pgd [{entry['steps']}×{entry.get('restarts', 1)}, {'+'.join(entry.get('losses', ['ce']))}]"
     version = entry.get("version", "standard")
-    return entry["attack"] + ("" if version == "standard" else f" [{version}]")
+    after = " after the earlier attacks" if entry.get("after") else ""
+    return entry["attack"] + ("" if version == "standard" else f" [{version}]") + after
 
 
 def _column(entry: dict) -> tuple:
@@ -129,7 +131,8 @@ def accuracy_table(rows: list[dict]) -> tuple[Table, str]:
         body.append(cells)
     note = ("Each attack alone, in %: every one is an upper bound on the true robust accuracy, and the summary's worst "
             "case is at most the lowest of them. pgd [steps×restarts, losses]: pagrob's evaluation PGD; autoattack: "
-            f"APGD-CE, APGD-T, FAB-T, Square (torchattacks), standard version unless marked. {_warning(rows)}")
+            f"APGD-CE, APGD-T, FAB-T, Square (torchattacks), standard version unless marked; \"after the earlier "
+            f"attacks\": run on what they left standing, so its number is the whole chain's. {_warning(rows)}")
     return (head, body), note
 
 

@@ -28,8 +28,8 @@ def _standard_entries(results: dict) -> dict[str, dict]:
     """norm -> the AutoAttack standard entry at RobustBench's radius on the most images."""
     found: dict[str, dict] = {}
     for e in results.get("robust_accuracy", []):
-        if e["attack"] == "autoattack" and e.get("version") == "standard" \
-                and math.isclose(float(e["eps"]), ROBUSTBENCH_EPS[e["norm"]]):
+        if e["attack"] == "autoattack" and e.get("version") == "standard" and not e.get("after") \
+                and math.isclose(float(e["eps"]), ROBUSTBENCH_EPS[e["norm"]]):  # AutoAttack alone, not a chain
             if e["n_examples"] > found.get(e["norm"], {}).get("n_examples", 0):
                 found[e["norm"]] = e
     return found

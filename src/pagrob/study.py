@@ -46,7 +46,7 @@ from pagrob.train import finished
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # presets ship with the source checkout
 DATASETS = ("cifar10",)
-PRESETS = ("cpu", "paper", "minutes")  # and `smoke`, the tests' whole pipeline in seconds
+PRESETS = ("cpu", "paper", "minutes", "minutes_tuning", "minutes_gpu")  # and `smoke`, the tests' pipeline in seconds
 STORE_SOURCES = ("smooth",)  # sources the study precomputes into a store instead of computing per batch
 PLAN = "study.json"
 SCORE_MODEL = "score-model"  # the folder, under the study's, of the score model its `score_model` section trains
@@ -76,7 +76,7 @@ class Study:
 
 
 def preset_file(preset: str) -> Path:
-    """The YAML of a preset name (cpu, paper, smoke), or `preset` itself when it is a file."""
+    """The YAML of a preset name (PRESETS, or smoke), or `preset` itself when it is a file."""
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -194,7 +194,14 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         score_model = replace(score_model, holdout=runs[0].cfg.data.holdout, train_n=runs[0].cfg.data.train_n)
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
-                 int((tree.get("figures") or {}).get("images", 4)), score_model, bool(ev.get("survivors", False)))
+                 int((tree.get("figures") or {}).get("images", 4)), score_model, _survivors(path, ev))
+
+
+def _survivors(path: Path, evaluation: dict) -> bool:
+    value = evaluation.get("survivors", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"study preset {path}: evaluation.survivors must be true or false, got {value!r}")
+    return value
 
 
 def select_runs(study: Study, names: list[str]) -> Study:
@@ -246,6 +253,7 @@ def _check_plan(out: Path, study: Study) -> None:
     path = out / PLAN
     if path.is_file():
         old = json.loads(path.read_text())
+        old["runs"] = {k: to_dict(from_dict(v)) for k, v in old["runs"].items()}  # keys added since: their defaults
         changed = sorted(k for k in old["runs"].keys() & plan["runs"].keys() if old["runs"][k] != plan["runs"][k])
         changed += ["evaluation"] if old.get("evaluation") != plan["evaluation"] else []
         changed += ["score_model"] if old.get("score_model") not in (None, plan["score_model"]) else []
@@ -319,14 +327,18 @@ def _notes(study: Study, data: Dataset, seconds: float) -> str:
     split = "held-out validation images from x_train" if data.test_split == "validation" else "test images"
     attack = study.attack if study.attack == "pgd" else f"{study.attack} ({study.version})"
     attack += " on the images it left standing" if study.survivors else ""
-    length = ("a budget in minutes (each run's in the table; its steps planned from a timed step)"
+    pinned = any(r.cfg.optim.steps for r in study.runs)
+    length = (f"a budget in minutes (each run's in the table; its steps "
+              f"{'pinned to an earlier study’s plan' if pinned else 'planned from a timed step'})"
               if any(r.cfg.optim.minutes for r in study.runs) else f"{cfg.optim.epochs} epochs")
+    then = f", then {attack}" if study.attack != "pgd" else ""
     return (f"Study preset `{study.preset}`: {study.description}. Every run: {cfg.model.arch} width {cfg.model.width}, "
             f"{len(data.x_train)} training images, {length} of batch {cfg.optim.batch_size}, "
             f"{cfg.optim.name} lr {cfg.optim.lr} ({cfg.optim.schedule} schedule; fine-tuned runs may set their own), "
-            f"augmentation {cfg.data.augment}; PAG runs lam {cfg.pag.lam}, k {cfg.pag.k or data.num_classes}. "
-            f"Evaluated on the first {min(study.n, len(data.x_test))} {split}: our guarded PGD-{cfg.eval.pgd_steps} "
-            f"x {cfg.eval.pgd_restarts} restarts, then {attack}, at L2 0.5 and L∞ 8/255. "
+            f"augmentation {cfg.data.augment}; PAG runs lam {cfg.pag.lam} (fine-tuned runs may set their own), "
+            f"k {cfg.pag.k or data.num_classes}. Evaluated on the first {min(study.n, len(data.x_test))} {split}: "
+            f"our guarded PGD-{cfg.eval.pgd_steps} x {cfg.eval.pgd_restarts} restarts{then}, at L2 0.5 and "
+            "L∞ 8/255. "
             f"Wall time of this invocation: {seconds / 60:.1f} min (a resumed study counts only its last part).")
 
 

@@ -320,14 +320,17 @@ def _time_steps(model: nn.Module, opt: torch.optim.Optimizer, data: Dataset, ste
 
 def plan_steps(cfg: Config, per_epoch: int, saved: dict | None, measure: Callable[[], float]) -> dict:
     """{"planned_steps", "step_seconds_estimate"}: a checkpoint's plan when resuming; else optim.steps, or as many
-    steps as optim.minutes allow at the step time `measure()` returns, or optim.epochs full epochs."""
+    steps as optim.minutes allow at the step time `measure()` returns, or optim.epochs full epochs. A minutes plan
+    also records `timing_seconds`, the wall time the measurement took (not part of train_minutes)."""
     if saved:
         return saved
     if cfg.optim.steps:
         return {"planned_steps": cfg.optim.steps, "step_seconds_estimate": None}
     if cfg.optim.minutes:
+        start = time.perf_counter()
         seconds = measure()
-        return {"planned_steps": max(1, int(cfg.optim.minutes * 60 / seconds)), "step_seconds_estimate": seconds}
+        return {"planned_steps": max(1, int(cfg.optim.minutes * 60 / seconds)), "step_seconds_estimate": seconds,
+                "timing_seconds": time.perf_counter() - start}
     return {"planned_steps": cfg.optim.epochs * per_epoch, "step_seconds_estimate": None}
 
 

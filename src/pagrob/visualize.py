@@ -30,7 +30,7 @@ from pagrob.runs import Run, load_run, read_results  # noqa: E402
 LARGE_EPS_FRACTION = 0.3  # default targeted radius: this fraction of the image range's L2 diameter
 TARGETED_STEPS = 60
 MAX_TARGET_COLUMNS = 10  # datasets with more classes show the first ten
-HEADLINE = "worst-case robust accuracy versus ε"  # the caption the report leads with
+HEADLINE = "worst-case robust accuracy versus ε"  # the caption the report leads with (unless PER_MINUTE applies)
 PER_MINUTE = "robustness per minute, from scratch and fine-tuned"  # leads instead where runs were fine-tuned
 
 
@@ -240,6 +240,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(set(front))
 
 
+def _fine_tuned_from_timed(runs: list[Run]) -> bool:
+    """Some run was fine-tuned from another of `runs` (trained here, so timed), and all share a radius."""
+    paths = {r.path.resolve() for r in runs}
+    shared = set.intersection(*(set(worst_by_radius(r.results)) for r in runs)) if runs else set()
+    return bool(shared) and any(Path(r.results["init"]["run"]).resolve() in paths for r in runs if "init" in r.results)
+
+
 def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
     """The robustness-per-minute study at a glance, one row per radius: worst-case robust accuracy against training
     minutes from scratch; against fine-tuning minutes, one line per objective starting at the model it fine-tunes
@@ -251,7 +258,7 @@ def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
     bases = {Path(r.results["init"]["run"]).resolve() for r in tuned}
     scratch = [r for r in runs if "init" not in r.results]
     worst = {r.path: worst_by_radius(r.results) for r in runs}
-    radii = sorted(set.intersection(*(set(w) for w in worst.values())))
+    radii = sorted(set.intersection(*(set(w) for w in worst.values())))  # make_figures draws it only if any
     objectives = sorted({r.method for r in runs})
     colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(objectives)}
     fig, axes = plt.subplots(len(radii), 3, figsize=(15.5, 3.9 * len(radii)), squeeze=False)
@@ -276,7 +283,7 @@ def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
                                 start[1] + [robust(r) for r in line], marker="o", color=colour[method])
         points = []
         for r in runs:
-            clean = 100 * worst[r.path][radius]["clean_accuracy"]
+            clean = 100 * worst[r.path][radius].get("clean_accuracy", r.results["clean_accuracy"])
             points.append((clean, robust(r)))
             row[2].scatter([clean], [robust(r)], color=colour[r.method], zorder=3,
                            marker="o" if "init" in r.results else "s", facecolors="none" if "init" not in r.results
@@ -354,7 +361,7 @@ def make_figures(run_dirs: Sequence[Path], out_dir: Path, n_images: int = 4, eps
             figures.append((f"{dataset}: {HEADLINE}",
                             plot_accuracy_vs_eps(dirs, out_dir / f"{name}_accuracy_vs_eps.png")))
         timed = [r for r in runs if "train_seconds" in r.results and worst_by_radius(r.results)]
-        if any("init" in r.results for r in timed):
+        if _fine_tuned_from_timed(timed):
             figures.append((f"{dataset}: {PER_MINUTE}",
                             plot_robustness_per_minute(timed, out_dir / f"{name}_per_minute.png")))
         if len({method_family(r.config) for r in timed}) > 1:

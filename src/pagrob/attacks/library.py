@@ -37,6 +37,7 @@ class Version:
     targets: int  # target classes tried by APGD-T and FAB-T (at most classes - 1)
     queries: int  # Square's query budget per image
     eot: int = 1  # gradient samples averaged per APGD step (expectation over transformation)
+    shares: str | None = None  # a version whose outcome files serve this one's components run at the same budget
 
 
 VERSIONS = {
@@ -49,7 +50,7 @@ VERSIONS = {
     # custom-fast's gradient attacks alone, for studies of many runs on a CPU (FAB-T rarely fools an image they
     # leave); Square still runs, as the black-box guard, on what they leave standing, at 300 queries (on a CPU
     # 1,000 queries cost 0.7 s per standing CIFAR image with a width-16 ResNet-18).
-    "apgd-fast": Version(("apgd-ce", "apgd-t"), steps=20, targets=3, queries=300),
+    "apgd-fast": Version(("apgd-ce", "apgd-t"), steps=20, targets=3, queries=300, shares="custom-fast"),
 }
 BUDGET_FIELDS = {"apgd-ce": ("steps", "eot"), "apgd-dlr": ("steps", "eot"), "apgd-t": ("steps", "targets", "eot"),
                  "fab-t": ("steps", "targets"), "square": ("queries",)}  # what sets each component's strength
@@ -62,11 +63,13 @@ def get_version(name: str) -> Version:
 
 
 def budget_label(version: str, component: str) -> str:
-    """The first version that runs `component` at the same budget as `version` does: one name per budget, so
-    outcomes stored under one version serve every version that runs that component identically."""
+    """The name a component's outcomes are stored under: the version it `shares` with when the component's budget
+    is the same there (apgd-fast's APGD-CE is custom-fast's), else the version itself."""
+    v = get_version(version)
     fields = BUDGET_FIELDS[component]
-    same = tuple(getattr(get_version(version), f) for f in fields)
-    return next(name for name, v in VERSIONS.items() if tuple(getattr(v, f) for f in fields) == same)
+    if v.shares and all(getattr(v, f) == getattr(get_version(v.shares), f) for f in fields):
+        return v.shares
+    return version
 
 
 def components_for(version: str, num_classes: int) -> tuple[list[str], list[str]]:
