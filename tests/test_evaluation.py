@@ -219,6 +219,7 @@ def test_cli_evaluate_writes_guarded_entries_and_alignment(tmp_path, capsys):
     assert set(aa[0]["guards"]) == {"in_ball", "eps_sweep", "blackbox", "loss_rise", "learned"}
     pgd = [e for e in results["robust_accuracy"] if e["attack"] == "pgd"]
     assert len(pgd) == 1 and "verdict" in pgd[0]  # the training-time PGD number is guarded too
+    assert aa[0]["guards"]["eps_sweep"] == pgd[0]["guards"]["eps_sweep"]  # one sweep per model, norm and images
     assert -1 <= results["alignment_scores"]["exact"]["cosine"] <= 1
     assert main(["evaluate", str(out), "--attack", "apgd-t"]) == 2
     assert "at least 4 classes" in capsys.readouterr().err

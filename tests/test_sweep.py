@@ -67,3 +67,13 @@ def test_toy_sweep_writes_one_report_and_reuses_finished_runs(tmp_path, capsys):
     assert main([a for a in args if a != "--quiet"]) == 0
     assert capsys.readouterr().out.count("finished earlier, reused") == 3
     assert (tmp_path / "lam1" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_rank_correlation_reads_order_only_and_says_how_sure_it_is():
+    from pagrob.sweep import rank_correlation, spearman
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, whatever the spacing
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties share their mean rank
+    rho, lo, hi = rank_correlation([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 3, 2, 5, 4, 6])
+    assert rho == pytest.approx(0.8857143) and lo <= rho <= hi <= 1.0 and lo < 0.8  # six points: a wide interval
+    assert rank_correlation([0.1, 0.2, 0.3], [1, 2, 3], seed=1) == rank_correlation([0.1, 0.2, 0.3], [1, 2, 3], seed=1)

@@ -13,6 +13,7 @@ Runs already finished with the same config are reused, so an interrupted sweep c
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,47 @@ def summarize(run: PlannedRun, run_dir: Path, align_source: str | None) -> dict:
     }
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation (the Pearson correlation of the ranks); nan when either side is constant."""
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var > 0 else float("nan")
+
+
+def rank_correlation(xs: list[float], ys: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rho of (xs, ys) with a 90 % bootstrap interval over the points (resampled with replacement,
+    seeded): with a handful of runs the interval, not rho, says how much the data support a trend."""
+    rng = random.Random(seed)
+    n = len(xs)
+    boot = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        rho = spearman([xs[i] for i in idx], [ys[i] for i in idx])
+        if rho == rho:  # a resample of one repeated point has no ranks to correlate
+            boot.append(rho)
+    boot.sort()
+    if not boot:
+        return spearman(xs, ys), float("nan"), float("nan")
+    return spearman(xs, ys), boot[int(0.05 * (len(boot) - 1))], boot[int(0.95 * (len(boot) - 1))]
+
+
 def _label(row: dict) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in row["varied"].items()) or row["name"]
 
@@ -158,6 +200,11 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
     for ax, c in zip(axes[0], columns):
         _panel(ax, rows, c, lambda r: r["alignment"], join=True)
         ax.set_xlabel(f"alignment (cos to {rows[0]['alignment_source']} targets)", fontsize=8)
+        points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
+        if len(points) >= 3:
+            rho, lo, hi = rank_correlation(*map(list, zip(*points)))
+            ax.set_title(f"{c}\nSpearman rho {rho:.2f} (90 % bootstrap {lo:.2f} to {hi:.2f}, {len(points)} runs)",
+                         fontsize=8)
     axes[0][0].set_ylabel("robust accuracy (%)")
     fig.suptitle("robust accuracy vs alignment (blue: grid, in grid order; red stars: extra runs)")
     fig.tight_layout()
@@ -180,6 +227,18 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
     fig.savefig(second, dpi=110)
     plt.close(fig)
     return first, second
+
+
+def _correlation_lines(rows: list[dict]) -> list[str]:
+    """Per attack column with three runs or more: Spearman's rho between alignment and robust accuracy."""
+    lines = []
+    for c in sorted({c for r in rows for c in r["robust"]}):
+        points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
+        if len(points) >= 3:
+            rho, lo, hi = rank_correlation(*map(list, zip(*points)))
+            lines.append(f"- Alignment against {c}: Spearman rho {rho:.2f}, 90 % bootstrap interval {lo:.2f} to "
+                         f"{hi:.2f} over {len(points)} runs (extras included).")
+    return lines + [""] if lines else []
 
 
 def sweep_table(rows: list[dict]) -> str:
@@ -224,6 +283,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
         f"`{rows[0]['alignment_source']}` targets on held-out images, whatever it trained with. Network passes are "
         "counted from the objective (a forward or backward sweep of one image through the network; vanilla = 2 "
         "per step); wall time is measured, and on a shared machine it carries the other processes' noise.", "",
+        *_correlation_lines(rows),
         f"![robust accuracy vs alignment]({first.name})", "",
         f"![robust accuracy vs training compute]({second.name})", "",
     ]
