@@ -205,6 +205,16 @@ def method_family(cfg: Config) -> str:
     return "at+pag" if adversarial and aligned else "at" if adversarial else "pag" if aligned else "vanilla"
 
 
+def _save_with_legend(fig, handles: list, title: str, out: Path) -> Path:
+    """The legend in a right margin, the title above, saved to `out` and closed."""
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_robustness_vs_compute(runs: list[Run], out: Path) -> Path:
     """Worst-case robust accuracy against training minutes, one panel per (norm, eps) every run was attacked at,
     one point per run coloured by family (vanilla, PAG, AT, AT+PAG): what each minute of training buys."""
@@ -226,12 +236,7 @@ def plot_robustness_vs_compute(runs: list[Run], out: Path) -> Path:
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=f) for f, c in FAMILY_COLOURS.items()
                if any(method_family(r.config) == f for r in runs)]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{runs[0].config.data.name}: robustness against training compute", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_with_legend(fig, handles, f"{runs[0].config.data.name}: robustness against training compute", out)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -300,12 +305,7 @@ def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
     handles = [Line2D([], [], color=colour[m], marker="o", label=m) for m in objectives]
     handles += [Line2D([], [], color="black", marker="s", markerfacecolor="none", ls="", label="from scratch"),
                 Line2D([], [], color="black", marker="o", ls="", label="fine-tuned")]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{runs[0].config.data.name}: {PER_MINUTE}", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_with_legend(fig, handles, f"{runs[0].config.data.name}: {PER_MINUTE}", out)
 
 
 def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -> Path:
