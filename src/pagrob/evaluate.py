@@ -264,7 +264,7 @@ def _stored_before(store: OutcomeStore, s: AttackSettings, n: int, names: list[s
 
 def _stored_sweep(results: dict, norm: str, n: int) -> dict | None:
     """The eps-sweep guard an earlier entry of this run computed at `norm` on the same first n images: it depends
-    on the model, the norm and the images only (the evaluation PGD's entries share one across their radii)."""
+    on the model, the norm and the images only, so one serves every radius (as in `pgd_results`)."""
     return next((e["guards"]["eps_sweep"] for e in results.get("robust_accuracy", [])
                  if e["norm"] == norm and e["n_examples"] == n and "eps_sweep" in e.get("guards", {})), None)
 
@@ -398,8 +398,9 @@ def evaluate_run(run, attack: str = "autoattack", norm: str = "l2", eps: list[fl
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     victim = Victim(model, x_test[:n], y_test[:n], data.bounds, data.num_classes, run.config.adv.method)
     store = OutcomeStore(run.path / FOLDER, model_hash(model))
-    entries = [robust_accuracy(victim, s, store, progress, _stored_sweep(run.results, s.norm, n), survivors)
-               for s in settings]
+    sweep = _stored_sweep(run.results, norm, n) or guards.eps_sweep(model, victim.x, victim.y, norm,
+                                                                      max(s.eps for s in settings), data.bounds)
+    entries = [robust_accuracy(victim, s, store, progress, sweep, survivors) for s in settings]
     sources = {}
     for name in alignment if alignment is not None else default_alignment_sources(run):
         sources[name] = make_source(name, run.config.pag, data).to(device)
