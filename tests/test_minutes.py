@@ -2,6 +2,7 @@
 in the checkpoint; step-counted schedules (step, onecycle, warm-up) and Nesterov SGD."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -54,6 +55,19 @@ def test_pinned_steps_end_mid_epoch_and_are_recorded(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["planned_steps"] == 15 and results["step_seconds_estimate"] is None
     assert results["train_minutes"] == pytest.approx(results["train_seconds"] / 60)
+
+
+def test_the_per_epoch_checks_are_not_counted_as_training_minutes(tmp_path, monkeypatch):
+    slow = 0.4  # a per-epoch check this slow would be most of these runs' training time
+    check = train.pgd_check
+    monkeypatch.setattr(train, "pgd_check", lambda *a: (time.sleep(slow), check(*a))[1])
+    cfg = load_config(None, QUICK + ["optim.steps=30"])
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and results["check_minutes"] * 60 >= 2 * slow
+    assert results["train_seconds"] + results["check_minutes"] * 60 >= json.loads(rows[-1])["seconds"]
+    assert results["train_seconds"] < json.loads(rows[-1])["seconds"]  # the first epoch's check is not in it
 
 
 def test_minutes_plan_steps_from_the_measured_step_time_and_a_resume_keeps_the_plan(tmp_path, monkeypatch):

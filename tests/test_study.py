@@ -199,7 +199,7 @@ def test_minutes_preset_fine_tunes_every_objective_from_one_base(tmp_path):
     scratch = ["pag-cm", "at-l2", "fgsm-l2", "n-fgsm-l2", "fgsm-l2+pag-cm"]
     assert [by_name[n].cfg.method for n in ["base"] + scratch] == ["vanilla"] + scratch
     assert {by_name[n].cfg.optim.minutes for n in ["base"] + scratch} == {by_name["base"].cfg.optim.minutes}
-    for minutes in (1, 2):
+    for minutes in (0.5, 1.5):
         for name in ["vanilla"] + scratch:
             run = by_name[f"ft{minutes}-{name}"]
             assert run.init == "base" and run.cfg.init == str(tmp_path / "runs" / "base")
@@ -211,7 +211,7 @@ def test_minutes_preset_fine_tunes_every_objective_from_one_base(tmp_path):
 
 
 def test_steps_from_repeats_the_planned_steps_of_an_earlier_study(tmp_path):
-    study = select_runs(load_study("minutes", tmp_path / "again", data="/some/cifar10.npz"), ["ft1-pag-cm"])
+    study = select_runs(load_study("minutes", tmp_path / "again", data="/some/cifar10.npz"), ["ft0.5-pag-cm"])
     with pytest.raises(ConfigError, match="no results.json for run base"):
         steps_from(study, tmp_path / "first")
     for i, run in enumerate(study.runs):
@@ -219,5 +219,5 @@ def test_steps_from_repeats_the_planned_steps_of_an_earlier_study(tmp_path):
         write_json(tmp_path / "first" / "runs" / run.name / "results.json", {"planned_steps": 100 + i})
     fixed = steps_from(study, tmp_path / "first")
     assert [r.cfg.optim.steps for r in fixed.runs] == [100, 101] and [r.name for r in fixed.runs] == ["base",
-                                                                                                     "ft1-pag-cm"]
+                                                                                                     "ft0.5-pag-cm"]
     assert [r.cfg.optim.steps for r in study.runs] == [0, 0]  # the study it came from is left as it was

@@ -133,7 +133,8 @@ class Progress:
     order: Tensor | None = None  # this epoch's permutation, once drawn
     sums: dict[str, float] = field(default_factory=dict)  # this rank's logged parts, summed over the epoch
     rows: list[dict] = field(default_factory=list)  # metrics of the finished epochs
-    seconds: float = 0.0  # training time spent before this process started
+    seconds: float = 0.0  # training time spent before this process started (checks included)
+    check_seconds: float = 0.0  # of which in the per-epoch checks (not training steps)
 
 
 @dataclass
@@ -141,14 +142,17 @@ class Trained:
     model: nn.Module  # unwrapped, eval mode
     arch: str
     align_source: TargetSource
-    seconds: float
+    seconds: float  # in training steps (and checkpoints): the per-epoch checks are in check_seconds
     data: Dataset | None = None  # the dataset on the run's device (set by `train`)
     init: dict | None = None  # the run it was fine-tuned from (folder, weights' sha256), when it was
     plan: dict = field(default_factory=dict)  # planned_steps, step_seconds_estimate (measured for optim.minutes)
+    check_seconds: float = 0.0
 
     def facts(self) -> dict:
-        """What results.json records of the training beside the evaluation."""
-        return {**({"init": self.init} if self.init else {}), **self.plan, "train_minutes": self.seconds / 60}
+        """What results.json records of the training beside the evaluation: train_minutes counts the training
+        steps only, so runs with more epochs (more per-epoch checks) are not charged for their diagnostics."""
+        return {**({"init": self.init} if self.init else {}), **self.plan, "train_minutes": self.seconds / 60,
+                "check_minutes": self.check_seconds / 60}
 
 
 def _stream_seed(seed: int, rank: int, stream: int) -> int:
@@ -213,7 +217,8 @@ def _save_checkpoint(s: _Saved, prog: Progress, seconds: float) -> None:
         tensors["order"] = prog.order
     state = {"epoch": prog.epoch, "batch": prog.batch, "step": prog.step, "world": ctx.world,
              "sums": [dict(zip(keys, row)) for row in sums.tolist()] if keys else [{}] * ctx.world,
-             "rows": prog.rows, "seconds": seconds, "config": to_dict(cfg), "plan": s.plan,
+             "rows": prog.rows, "seconds": seconds, "check_seconds": prog.check_seconds, "config": to_dict(cfg),
+             "plan": s.plan,
              "optimizer": checkpoint.encode(opt.state_dict(), tensors, "optimizer"),
              "scheduler": checkpoint.encode(sched.state_dict(), tensors, "scheduler")}
     checkpoint.save(folder, prog.step, tensors, state)
@@ -244,7 +249,7 @@ def _restore(found: tuple[dict[str, Tensor], dict], s: _Saved) -> Progress:
     if "rng.cuda" in tensors and ctx.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"][ctx.rank].clone(), ctx.device)
     return Progress(state["epoch"], state["batch"], state["step"], tensors.get("order"), state["sums"][ctx.rank],
-                    state["rows"], state["seconds"])
+                    state["rows"], state["seconds"], state.get("check_seconds", 0.0))
 
 
 def _start_folder(out: Path, cfg: Config, prog: Progress, resumed: bool) -> None:
@@ -421,6 +426,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                     _save_checkpoint(saved, prog, time.perf_counter() - start)
             done = sum(i < prog.batch for i in starts)  # every batch, except in a last epoch the plan cuts short
             means = distributed.mean_over_ranks({k: v / done for k, v in prog.sums.items()}, ctx)
+            checking = time.perf_counter()
             if ctx.main:
                 row = _epoch_row(model, data, align_source, epoch + 1, means, opt.param_groups[0]["lr"],
                                  time.perf_counter() - start, cfg)
@@ -434,6 +440,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
                              f"test acc {row['test_accuracy']:.3f} pgd-{PGD_CHECK_STEPS} acc "
                              f"{row['test_pgd_accuracy']:.3f} alignment {row['test_alignment']:.3f}", progress)
             prog.epoch, prog.batch, prog.order, prog.sums = epoch + 1, 0, None, {}
+            prog.check_seconds += time.perf_counter() - checking  # recorded by the checkpoint
             _save_checkpoint(saved, prog, time.perf_counter() - start)
     finally:
         if metrics_file is not None:
@@ -442,7 +449,9 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
             writer.close()
     # evaluation sees the same float32, contiguous model whatever the training's precision and layout
     model.to(memory_format=torch.contiguous_format)
-    return Trained(model.eval(), built.arch, align_source, time.perf_counter() - start, init=init, plan=planned)
+    total = time.perf_counter() - start
+    return Trained(model.eval(), built.arch, align_source, total - prog.check_seconds, init=init, plan=planned,
+                   check_seconds=prog.check_seconds)
 
 
 def finished(out: Path) -> bool:
