@@ -142,6 +142,21 @@ def test_the_eps_sweep_keeps_what_a_smaller_radius_found():
     assert result["passed"]
 
 
+def test_the_eps_sweep_stops_attacking_once_no_image_stands(monkeypatch):
+    """A model every image of which falls at the first radius: the larger balls hold the same fooling points, so
+    their accuracy is 0 without another attack (one margin ascent, not one per radius)."""
+    calls = []
+    ascent = guards.margin_ascent
+    monkeypatch.setattr(guards, "margin_ascent", lambda *a, **k: (calls.append(a[4]), ascent(*a, **k))[1])
+    x, y = torch.zeros(8, 2), torch.zeros(8, dtype=torch.long)
+    result = guards.eps_sweep(Band(), x + torch.tensor([1.0, 0.0]), y, "l2", 0.5, None)
+    assert result["accuracy"] == [0.0] * len(result["eps"]) and len(result["eps"]) > 2
+    assert calls == [result["eps"][0]] and result["zero_from"] == result["eps"][0] and result["passed"]
+    calls.clear()
+    result = guards.eps_sweep(Band(), x, y, "l2", 0.5, None)  # x_0 = 0: out of reach of the first radius
+    assert len(calls) > 1 and (result["zero_from"] is None or result["zero_from"] > result["eps"][0])
+
+
 class Ridge(nn.Module):
     """Margin x_0 + 100 |x_1|: the gradient at x_1 = 0 points along x_0 only, a random step sideways climbs far."""
 

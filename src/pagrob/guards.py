@@ -101,13 +101,18 @@ def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bou
 
     Each radius starts from the previous radius's result (it lies in the larger ball too), so what a smaller
     radius found is never lost to the larger one's coarser steps: the sweep falls monotonically unless the
-    gradients lead nowhere, and a model that keeps its accuracy at the covering radius is flagged.
+    gradients lead nowhere, and a model that keeps its accuracy at the covering radius is flagged. Once no image
+    stands, the larger radii are not attacked: their balls hold the same fooling points, so their accuracy is 0
+    too (`zero_from` says where that was found).
     """
     grid = sweep_grid(eps, covering_eps(x, norm, bounds, eps))
     x, y = spread(x, y, SWEEP_IMAGES)
     starts = x.clone()
     accs = []
     for e in grid:
+        if accs and accs[-1] == 0:
+            accs.append(0.0)
+            continue
         correct = 0
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
@@ -118,7 +123,8 @@ def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, bou
         accs.append(correct / max(len(x), 1))
     reason = (f"accuracy is still {accs[-1]:.0%} at eps={grid[-1]:g}, the sweep's largest radius, where it should "
               "be near 0")
-    return _guard(accs[-1] <= NEAR_ZERO, reason, eps=grid, accuracy=accs, n_examples=len(x))
+    zero_from = next((e for e, a in zip(grid, accs) if a == 0), None)
+    return _guard(accs[-1] <= NEAR_ZERO, reason, eps=grid, accuracy=accs, n_examples=len(x), zero_from=zero_from)
 
 
 def blackbox(whitebox_survivors: int, blackbox_extra: int, n: int, queries: int) -> dict:
