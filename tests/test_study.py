@@ -71,6 +71,9 @@ def test_presets_and_their_mistakes_are_refused_before_any_work(tmp_path):
                    "score_model: {sigmas: [1, 2]}\n")
     with pytest.raises(ConfigError, match=r"pag.sbg_sigma=3 is not among the score model's sigmas \[1.0, 2.0\]"):
         load_study(str(bad), tmp_path)
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {a: []}\nscore_model: {sigmas: [1], compare: -5}\n")
+    with pytest.raises(ConfigError, match="score_model.compare must be a whole number of images >= 0, got -5"):
+        load_study(str(bad), tmp_path)
     bad.write_text("base: {data: {name: cifar10}}\nruns: {a: []}\nscore_model: {sigmas: [1], epochs: 3}\n")
     with pytest.raises(ConfigError, match=r"score_model knows only .* \(found \['epochs'\]\)"):
         load_study(str(bad), tmp_path)
@@ -123,6 +126,11 @@ def test_smoke_study_trains_evaluates_draws_and_reports_every_run(smoke_study):
     assert "cifar10_targeted.png" in report and (smoke_study / "cifar10_targeted.png").is_file()
     assert "cifar10: robustness against training compute" in report and (smoke_study / "cifar10_compute.png").is_file()
     assert "Study preset `smoke`" in report
+    # the score model's targets against the exact ones, computed once after its training, shown in the report
+    compared = json.loads((smoke_study / "score-model" / "compare" / "compare.json").read_text())
+    assert compared["n_images"] == 4 and compared["split"] == "test" and list(compared["sigmas"]) == ["2"]
+    assert "SBG, smooth, CM and NN targets at σ = 2" in report
+    assert (smoke_study / "cifar10_targets_compared_sigma2.png").is_file()
 
 
 def test_a_study_started_again_keeps_what_is_done_and_redoes_what_is_not(smoke_study, cifar_file):

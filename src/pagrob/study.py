@@ -32,6 +32,7 @@ from pagrob.attacks.library import get_version
 from pagrob.config import Config, EvalConfig, from_dict, set_key, to_dict, validate
 from pagrob.data import Dataset, load_dataset
 from pagrob.devices import resolve_device
+from pagrob.diffusion.compare import FOLDER as COMPARE, Comparison, compare_targets
 from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
 from pagrob.dryrun import dry_run
 from pagrob.errors import ConfigError, RunError
@@ -73,6 +74,7 @@ class Study:
     figure_images: int
     score_model: ScoreTrainConfig | None = None  # what the study trains into DIR/score-model first, if any
     survivors: bool = False  # the attack continues on what the evaluation PGD left (same worst case, less time)
+    compare_images: int = 0  # test images its score model's targets are compared on with the exact ones (0: none)
 
 
 def preset_file(preset: str) -> Path:
@@ -134,9 +136,11 @@ def _run_config(name: str, spec: dict, base: dict, data: str | None, overrides: 
 
 
 def _score_model_settings(path: Path, section: dict | None) -> ScoreTrainConfig | None:
-    """The preset's `score_model` section as training settings (holdout and train_n come from the data section)."""
+    """The preset's `score_model` section as training settings (holdout and train_n come from the data section;
+    its `compare` is the study's, read by `_compare_images`)."""
     if section is None:
         return None
+    section = {k: v for k, v in section.items() if k != "compare"} if isinstance(section, dict) else section
     known = {f.name for f in fields(ScoreTrainConfig)} - {"holdout", "train_n"}
     if not isinstance(section, dict) or set(section) - known:
         raise ConfigError(f"study preset {path}: score_model knows only {', '.join(sorted(known))} (found "
@@ -145,6 +149,15 @@ def _score_model_settings(path: Path, section: dict | None) -> ScoreTrainConfig 
         raise ConfigError(f"study preset {path}: score_model needs sigmas, the noise levels its runs query "
                           "(pag.sbg_sigma)")
     return ScoreTrainConfig(**section)
+
+
+def _compare_images(path: Path, section: dict | None) -> int:
+    """`score_model: {compare: N}`: after training, its SBG targets against the exact (smooth) ones and CM and NN on
+    N test images (`pagrob targets compare`), in the report beside the SBG runs."""
+    n = (section or {}).get("compare", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ConfigError(f"study preset {path}: score_model.compare must be a whole number of images >= 0, got {n!r}")
+    return n
 
 
 def _attach_score_model(run: StudyRun, folder: Path, settings: ScoreTrainConfig | None) -> None:
@@ -194,7 +207,8 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
         score_model = replace(score_model, holdout=runs[0].cfg.data.holdout, train_n=runs[0].cfg.data.train_n)
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
-                 int((tree.get("figures") or {}).get("images", 4)), score_model, _survivors(path, ev))
+                 int((tree.get("figures") or {}).get("images", 4)), score_model, _survivors(path, ev),
+                 _compare_images(path, tree.get("score_model")) if score_model is not None else 0)
 
 
 def _survivors(path: Path, evaluation: dict) -> bool:
@@ -283,6 +297,20 @@ def _train_score_model(study: Study, data: Dataset, progress: bool) -> None:
     start = time.perf_counter()
     train_score_model(data, folder, study.score_model, resolve_device(users[0].cfg.device), progress)
     _say(f"score model done ({time.perf_counter() - start:.0f} s in this invocation): {folder / 'progress.json'}")
+    _compare_score_model(study, data, folder, progress)
+
+
+def _compare_score_model(study: Study, data: Dataset, folder: Path, progress: bool) -> None:
+    """Its SBG targets against the exact ones on the first compare_images test images, once, into
+    <score model>/compare (the report shows the panels beside the SBG runs)."""
+    out = folder / COMPARE
+    n = min(study.compare_images, len(data.x_test))
+    done = out / "compare.json"
+    if not n or not data.is_image or done.is_file() and json.loads(done.read_text())["n_images"] == n:
+        return
+    _say(f"score model against the exact targets on {n} {data.test_split} images: {out}")
+    comparison = Comparison(data, data.x_test[:n], data.y_test[:n], data.test_split, study.score_model.holdout)
+    compare_targets(comparison, folder, study.score_model.sigmas, out, progress)
 
 
 def _build_stores(study: Study, data: Dataset, progress: bool) -> None:
@@ -434,6 +462,9 @@ def dry_run_study(study: Study, out: Path) -> str:
         lines.append(f"score model: EDM UNet width {sm.width or 32} at sigmas {sm.sigmas}, {sm.steps} steps of "
                      f"{sm.batch_size} ({cost}), into {out / SCORE_MODEL}; until it exists the SBG runs' steps above "
                      "are timed with stand-in targets (add one UNet pass per image and label)")
+        if study.compare_images:
+            lines.append(f"    then its SBG targets against the exact (smooth) ones, CM and NN on "
+                         f"{study.compare_images} test images at each sigma, into {out / SCORE_MODEL / COMPARE}")
     stores = {run.store for run in study.runs if run.store is not None}
     if stores:
         n_all = n_train + n_test

@@ -32,6 +32,7 @@ from pagrob.files import atomic_write, write_json  # noqa: E402
 from pagrob.targets import TargetSource, build_source  # noqa: E402
 from pagrob.targets.score_based import ScoreBased  # noqa: E402
 
+FOLDER = "compare"  # under a score model's folder: the comparison a study runs after training it
 SOURCES = ("sbg", "smooth", "cm", "nn")  # the panel's rows, in order
 PAIRS = (("sbg", "smooth"), ("sbg", "cm"), ("sbg", "nn"), ("smooth", "cm"), ("smooth", "nn"))
 SHOWN = 6  # (image, class) columns of the panel

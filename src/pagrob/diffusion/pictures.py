@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from pagrob.diffusion.compare import FOLDER as COMPARE_FOLDER  # noqa: E402
 from pagrob.runs import load_run  # noqa: E402
 from pagrob.targets import make_source  # noqa: E402
 
@@ -59,8 +62,31 @@ def plot_targets(x: Tensor, y: Tensor, targets: Tensor, out: Path, title: str, s
     return out
 
 
+def comparison_figures(run_dirs: list[Path], out_dir: Path) -> list[tuple[str, Path]]:
+    """(caption, PNG) per σ of the comparison a study wrote beside the score model its SBG runs use: the same
+    images' SBG, smooth, CM and NN targets, captioned with the mean cosines between them."""
+    pags = [load_run(d).config.pag for d in run_dirs]
+    folders = {Path(pag.score_model) / COMPARE_FOLDER for pag in pags if pag.source == "sbg" and pag.score_model}
+    figures = []
+    for folder in sorted(f for f in folders if (f / "compare.json").is_file()):
+        found = json.loads((folder / "compare.json").read_text())
+        for sigma, entry in found["sigmas"].items():
+            path = out_dir / f"{found['dataset']}_targets_compared_sigma{sigma}.png"
+            shutil.copyfile(folder / entry["panel"], path)
+            cosines = ", ".join(f"{pair} {entry[pair]['mean']:.2f}" for pair in entry if pair != "panel")
+            figures.append((f"{found['dataset']}: SBG, smooth, CM and NN targets at σ = {sigma} for the same "
+                            f"{found['split']} images and classes (mean cosine over {found['n_images']} images and "
+                            f"every class: {cosines}; {folder / 'compare.md'} has them per class)", path))
+    return figures
+
+
 def sbg_figures(run_dirs: list[Path], out_dir: Path, images: int = 5) -> list[tuple[str, Path]]:
-    """(caption, PNG) of the SBG targets of the first image run trained on SBG (directly or from a store)."""
+    """(caption, PNG) of the SBG targets of the first image run trained on SBG (directly or from a store), then
+    the comparison panels of the score model its SBG runs use, where a study wrote them."""
+    return _sbg_target_figure(run_dirs, out_dir, images) + comparison_figures(run_dirs, out_dir)
+
+
+def _sbg_target_figure(run_dirs: list[Path], out_dir: Path, images: int) -> list[tuple[str, Path]]:
     for d in run_dirs:
         run = load_run(d)
         source_name = run.config.pag.source
