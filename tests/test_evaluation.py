@@ -1,6 +1,7 @@
 """Robust evaluation: the torchattacks adapters, AutoAttack's breakdown, and the gradient-masking guards."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from pagrob import guards
 from pagrob.attacks import check_perturbation
-from pagrob.attacks.library import LibraryAttack, as_images, from_images, unit_box, unit_eps
+from pagrob.attacks.library import VERSIONS, LibraryAttack, as_images, from_images, unit_box, unit_eps
 from pagrob.cli import main
 from pagrob.data import load_dataset
 from pagrob.attacks.settings import AttackSettings
@@ -194,6 +195,19 @@ def test_a_single_white_box_attack_is_checked_against_square(plain, digits):
     entry = attack_digits(masked, x, y, "pgd", 2.0, pgd_steps=20, pgd_restarts=1)
     assert entry["accuracy"] > 0.5 and not entry["guards"]["blackbox"]["passed"]
     assert entry["steps"] == 20 and entry["losses"] == ["ce", "margin"] and "version" not in entry
+
+
+def test_a_version_s_guard_images_bound_the_square_guard(plain, digits, monkeypatch):
+    """A version may run its black-box guard on the first images only: the masked model's PGD survivors beyond
+    them are not attacked by Square, and the guard's limit is taken on the images it saw."""
+    monkeypatch.setitem(VERSIONS, "guard-10", replace(VERSIONS["apgd-fast"], guard_images=10))
+    masked = nn.Sequential(Quantize(), plain).eval()
+    x, y = digits.x_test[:60], digits.y_test[:60]
+    entry = attack_digits(masked, x, y, "pgd", 2.0, version="guard-10", pgd_steps=5, pgd_restarts=1)
+    whole = attack_digits(masked, x, y, "pgd", 2.0, version="apgd-fast", pgd_steps=5, pgd_restarts=1)
+    guard = entry["guards"]["blackbox"]
+    assert 0 < guard["whitebox_survivors"] <= 10 < whole["guards"]["blackbox"]["whitebox_survivors"]
+    assert not guard["passed"] and "of 10 images" in guard["reason"]  # masking shows on 10 images too
 
 
 def test_in_ball_guard_counts_and_names_invalid_examples():

@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="VERSION",
                    help="AutoAttack budget, one of %(choices)s: standard (RobustBench's), rand (randomised defences), "
                         "custom-fast (20 iterations, 3 targets, 1000 Square queries; not comparable with published "
-                        "numbers), apgd-fast (custom-fast's APGD-CE and APGD-T only; Square runs as the guard)")
+                        "numbers), apgd-fast (custom-fast's APGD-CE and APGD-T only; Square, 300 queries, runs as the "
+                        "guard on the first 500 images)")
     p.add_argument("--survivors", action="store_true",
                    help="attack only the images no earlier attack on this run fooled at that radius (AutoAttack's "
                         "own chaining: the same worst case in a fraction of the time; the entry's accuracy is then "

@@ -149,9 +149,11 @@ def _blackbox_guard(v: Victim, names: list[str], s: AttackSettings, seq: Sequenc
     if "square" in names:  # Square ran last, on the white-box survivors
         extra = len(seq.broken_by["square"])
         return guards.blackbox(int(robust.sum()) + extra, extra, len(v.x), queries)
+    guarded = min(get_version(s.version).guard_images or len(v.x), len(v.x))
+    robust = robust & (torch.arange(len(v.x), device=robust.device) < guarded)  # the version's guard images
     after = run_sequence(v, ["square"], s, robust, store, progress)
     seq.invalid, seq.message = seq.invalid + after.invalid, seq.message or after.message
-    return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), len(v.x), queries)
+    return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), guarded, queries)
 
 
 def _collapse_guard(v: Victim, s: AttackSettings, fooled: Tensor) -> dict:
