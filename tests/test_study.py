@@ -220,7 +220,7 @@ def test_minutes_preset_fine_tunes_every_objective_from_one_base(tmp_path):
 
 def test_steps_from_repeats_the_planned_steps_of_an_earlier_study(tmp_path):
     study = select_runs(load_study("minutes", tmp_path / "again", data="/some/cifar10.npz"), ["ft0.5-pag-cm"])
-    with pytest.raises(ConfigError, match="no results.json for run base"):
+    with pytest.raises(ConfigError, match="no planned steps for run base"):
         steps_from(study, tmp_path / "first")
     for i, run in enumerate(study.runs):
         (tmp_path / "first" / "runs" / run.name).mkdir(parents=True)
@@ -229,3 +229,13 @@ def test_steps_from_repeats_the_planned_steps_of_an_earlier_study(tmp_path):
     assert [r.cfg.optim.steps for r in fixed.runs] == [100, 101] and [r.name for r in fixed.runs] == ["base",
                                                                                                      "ft0.5-pag-cm"]
     assert [r.cfg.optim.steps for r in study.runs] == [0, 0]  # the study it came from is left as it was
+
+
+def test_steps_from_the_shipped_file_fixes_every_minutes_run_of_the_preset(tmp_path):
+    study = load_study("minutes", tmp_path, data="/some/cifar10.npz")
+    fixed = steps_from(study, Path(__file__).parents[1] / "configs/study/cifar10_minutes_steps.json")
+    steps = {r.name: r.cfg.optim.steps for r in fixed.runs}
+    assert steps["base"] == 492 and steps["ft1.5-n-fgsm-l2"] == 237 and all(n > 0 for n in steps.values())
+    (tmp_path / "broken.json").write_text('{"base": 492}')
+    with pytest.raises(ConfigError, match="not a JSON file with a 'steps' mapping"):
+        steps_from(study, tmp_path / "broken.json")

@@ -302,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
     p.add_argument("--runs", nargs="+", metavar="NAME,NAME", help="train and report only these runs of the preset, "
                                                                  "with the runs (init) and stores they need")
-    p.add_argument("--steps-from", metavar="DIR", help="repeat a study step for step: every run budgeted in minutes "
-                                                      "trains the steps it planned in the study folder DIR")
+    p.add_argument("--steps-from", metavar="DIR|FILE", help="repeat a study step for step: every run budgeted in "
+                   "minutes trains the steps it planned in the study folder DIR, or those a steps file lists "
+                   "(configs/study/cifar10_minutes_steps.json: the README table's)")
     p.add_argument("--dry-run", action="store_true",
                    help="check every run offline with one synthetic step; print files needed and estimated cost")
     p.set_defaults(func=cmd_study)

@@ -236,20 +236,33 @@ def select_runs(study: Study, names: list[str]) -> Study:
     return dataclasses.replace(study, runs=[r for r in study.runs if r.name in keep])
 
 
+def _planned_steps(earlier: Path) -> dict[str, int]:
+    """Run name -> planned steps, from a study folder (each run's results.json) or a JSON file {"steps": {...}}
+    such as configs/study/cifar10_minutes_steps.json, which keeps the steps behind a published table."""
+    if earlier.is_file():
+        try:
+            steps = json.loads(earlier.read_text())["steps"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"--steps-from {earlier}: not a JSON file with a 'steps' mapping ({err})") from err
+        return {name: int(n) for name, n in steps.items()}
+    return {path.parent.name: int(json.loads(path.read_text())["planned_steps"])
+            for path in earlier.glob("runs/*/results.json")}
+
+
 def steps_from(study: Study, earlier: Path) -> Study:
-    """The study with every minutes-budgeted run fixed at the steps it planned in the study folder `earlier`: the
-    same command then repeats those runs step for step, whatever this machine's speed today."""
+    """The study with every minutes-budgeted run fixed at the steps it planned in `earlier` (a study folder or a
+    steps file): the same command then repeats those runs step for step, whatever this machine's speed today."""
+    planned = _planned_steps(earlier)
     runs = []
     for run in study.runs:
-        path = earlier / "runs" / run.name / "results.json"
         if not run.cfg.optim.minutes:
             runs.append(run)
             continue
-        if not path.is_file():
-            raise ConfigError(f"--steps-from {earlier}: no results.json for run {run.name} there (train it in that "
+        if run.name not in planned:
+            raise ConfigError(f"--steps-from {earlier}: no planned steps for run {run.name} there (train it in that "
                               "study first, or leave --steps-from out to plan its steps from minutes)")
         cfg = copy.deepcopy(run.cfg)
-        cfg.optim.steps = int(json.loads(path.read_text())["planned_steps"])
+        cfg.optim.steps = planned[run.name]
         runs.append(dataclasses.replace(run, cfg=cfg))
     return dataclasses.replace(study, runs=runs)
 
