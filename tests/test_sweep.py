@@ -69,6 +69,24 @@ def test_toy_sweep_writes_one_report_and_reuses_finished_runs(tmp_path, capsys):
     assert (tmp_path / "lam1" / "results.json").stat().st_mtime_ns == stamp
 
 
+def test_every_run_is_scored_against_the_base_configs_targets_not_its_own(tmp_path, monkeypatch):
+    import pagrob.sweep as sweep
+    seen = []
+    real = sweep.build_source
+
+    def recording(name, pag, data):
+        seen.append((name, pag.sigma))
+        return real(name, pag, data)
+
+    monkeypatch.setattr(sweep, "build_source", recording)
+    args = ["--quiet", "sweep", "--set", "data.name=toy2d", "--set", "optim.epochs=1", "--set", "eval.n=40",
+            "--set", "eval.eps_l2=[10]", "--set", "pag.source=exact", "--set", "pag.sigma=0.5",
+            "--grid", "pag.sigma=0.25,1", "--align-source", "exact", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert seen == [("exact", 0.5), ("exact", 0.5)]
+    assert "sigma 0.5" in (tmp_path / "sweep.md").read_text()
+
+
 def test_rank_correlation_reads_order_only_and_says_how_sure_it_is():
     from pagrob.sweep import rank_correlation, spearman
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, whatever the spacing

@@ -33,7 +33,7 @@ from pagrob.config import Config, EvalConfig, from_dict, set_key, to_dict, valid
 from pagrob.data import Dataset, load_dataset
 from pagrob.devices import resolve_device
 from pagrob.diffusion.compare import FOLDER as COMPARE, Comparison, compare_targets
-from pagrob.diffusion.train import ScoreTrainConfig, train_score_model
+from pagrob.diffusion.train import PROGRESS, ScoreTrainConfig, train_score_model
 from pagrob.dryrun import dry_run
 from pagrob.errors import ConfigError, RunError
 from pagrob.evaluate import ROBUSTBENCH_EPS, evaluate_run, summary_line
@@ -306,7 +306,10 @@ def _train_score_model(study: Study, data: Dataset, progress: bool) -> None:
     if not users or study.score_model is None:
         return
     folder = users[0].score_model
-    _say(f"score model for {', '.join(r.name for r in users)}: training into {folder} (continues a killed run)")
+    progress_file = folder / PROGRESS
+    state = ("done, kept" if json.loads(progress_file.read_text()).get("done") else "resuming where it stopped"
+             ) if progress_file.is_file() else "from the start"
+    _say(f"score model for {', '.join(r.name for r in users)}: training into {folder} ({state})")
     start = time.perf_counter()
     train_score_model(data, folder, study.score_model, resolve_device(users[0].cfg.device), progress)
     _say(f"score model done ({time.perf_counter() - start:.0f} s in this invocation): {folder / 'progress.json'}")

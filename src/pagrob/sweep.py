@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score  # noqa: E402
-from pagrob.config import Config, ConfigError, load_config, to_dict  # noqa: E402
+from pagrob.config import Config, ConfigError, PagConfig, load_config, to_dict  # noqa: E402
 from pagrob.dryrun import passes_per_image  # noqa: E402
 from pagrob.files import write_json  # noqa: E402
 from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
@@ -106,14 +106,15 @@ def _done(out: Path, cfg: Config) -> bool:
         return False
 
 
-def summarize(run: PlannedRun, run_dir: Path, align_source: str | None) -> dict:
+def summarize(run: PlannedRun, run_dir: Path, align_source: str | None, reference: PagConfig) -> dict:
     """One row of the sweep: the grid values, accuracies, alignment against one common source (on the held-out
-    alignment images) and training compute."""
+    alignment images) and training compute. The source's settings come from `reference` (the sweep's base config),
+    never from the run: a sweep over pag.sigma must not move the yardstick with it."""
     results = read_results(run_dir)
     trained = load_run(run_dir)
     data = trained.dataset()
     source = align_source or reference_source_name(data.name)
-    cosine = alignment_score(trained.model, data.x_test[:ALIGNMENT_IMAGES], build_source(source, run.cfg.pag, data),
+    cosine = alignment_score(trained.model, data.x_test[:ALIGNMENT_IMAGES], build_source(source, reference, data),
                              data.num_classes)
     per_image = passes_per_image(run.cfg, data.num_classes)
     return {
@@ -269,7 +270,8 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
         if progress:
             print(f"[sweep] {i + 1}/{len(runs)} {run.name} ({run.cfg.method})", flush=True)
         train_and_evaluate(run.cfg, out / run.name, progress)
-    rows = [summarize(run, out / run.name, align_source) for run in runs]
+    reference = load_config(config, overrides).pag
+    rows = [summarize(run, out / run.name, align_source, reference) for run in runs]
     write_json(out / "sweep.json", rows)
     first, second = plot_sweep(rows, out)
     varied = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in parse_grid(grid_items))
@@ -280,7 +282,8 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
         sweep_table(rows), "",
         "Accuracies in % (robust ones: per image, the worst case over every attack in each run's results.json, "
         "the guards' Square included). Alignment: every run scored against the same "
-        f"`{rows[0]['alignment_source']}` targets on held-out images, whatever it trained with. Network passes are "
+        f"`{rows[0]['alignment_source']}` targets (the base config's settings: sigma {reference.sigma:g}) on "
+        "held-out images, whatever it trained with. Network passes are "
         "counted from the objective (a forward or backward sweep of one image through the network; vanilla = 2 "
         "per step); wall time is measured, and on a shared machine it carries the other processes' noise.", "",
         *_correlation_lines(rows),
