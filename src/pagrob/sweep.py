@@ -197,7 +197,7 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
     below, one column per attack)."""
     columns = sorted({c for r in rows for c in r["robust"]})
     n = len(columns)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.6 * n, 4.8), 3.8), squeeze=False)
     for ax, c in zip(axes[0], columns):
         _panel(ax, rows, c, lambda r: r["alignment"], join=True)
         ax.set_xlabel(f"alignment (cos to {rows[0]['alignment_source']} targets)", fontsize=8)
@@ -207,7 +207,7 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
             ax.set_title(f"{c}\nSpearman rho {rho:.2f} (90 % bootstrap {lo:.2f} to {hi:.2f}, {len(points)} runs)",
                          fontsize=8)
     axes[0][0].set_ylabel("robust accuracy (%)")
-    fig.suptitle("robust accuracy vs alignment (blue: grid, in grid order; red stars: extra runs)")
+    fig.suptitle("robust accuracy vs alignment\n(blue: grid, in grid order; red stars: extra runs)", fontsize=10)
     fig.tight_layout()
     first = out / "robust_vs_alignment.png"
     fig.savefig(first, dpi=110)
@@ -222,7 +222,7 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
         axes[1][i].set_xlabel("training network passes (per image, summed)", fontsize=8)
     for row in axes:
         row[0].set_ylabel("robust accuracy (%)")
-    fig.suptitle("robust accuracy vs training compute (blue: grid; red stars: extra runs)")
+    fig.suptitle("robust accuracy vs training compute\n(blue: grid; red stars: extra runs)", fontsize=10)
     fig.tight_layout()
     second = out / "robust_vs_compute.png"
     fig.savefig(second, dpi=110)
