@@ -307,12 +307,13 @@ def _train_score_model(study: Study, data: Dataset, progress: bool) -> None:
         return
     folder = users[0].score_model
     progress_file = folder / PROGRESS
-    state = ("done, kept" if json.loads(progress_file.read_text()).get("done") else "resuming where it stopped"
-             ) if progress_file.is_file() else "from the start"
+    state = "from the start"
+    if progress_file.is_file():
+        state = "done, kept" if json.loads(progress_file.read_text()).get("done") else "resuming where it stopped"
     _say(f"score model for {', '.join(r.name for r in users)}: training into {folder} ({state})")
     start = time.perf_counter()
     train_score_model(data, folder, study.score_model, resolve_device(users[0].cfg.device), progress)
-    _say(f"score model done ({time.perf_counter() - start:.0f} s in this invocation): {folder / 'progress.json'}")
+    _say(f"score model done ({time.perf_counter() - start:.0f} s in this invocation): {progress_file}")
     _compare_score_model(study, data, folder, progress)
 
 
