@@ -19,8 +19,10 @@ from pagrob.targets import make_source
 from pagrob.train import fit
 
 # A ResNet-18 layout (convolutions, batch norm in training mode) with PAG CM targets: the double backward under
-# autocast. Two optimizer steps of 32 images.
-SETTINGS = ["device=cpu", "model.arch=resnet18", "model.width=4", "pag.source=cm", "pag.k=2", "optim.epochs=1",
+# autocast. Two optimizer steps of 32 images. Width 8, not 4: with torch 2.14.1's oneDNN 3.12 on an AVX2-only CPU
+# the backward of a 1x1, stride-2 convolution from 4 channels_last channels at 32x32 hangs (segfaults on one
+# thread), a library bug that width 4's first shortcut hits and width 8's does not.
+SETTINGS = ["device=cpu", "model.arch=resnet18", "model.width=8", "pag.source=cm", "pag.k=2", "optim.epochs=1",
             "optim.batch_size=32", "optim.lr=0.05", "data.augment=none", "eval.n=16", "eval.pgd_steps=5",
             "eval.pgd_restarts=1"]
 
@@ -73,12 +75,10 @@ def test_a_channels_last_step_equals_a_contiguous_one(tmp_path, monkeypatch):
     channels_last, seen_cl = fit_recording(tmp_path / "channels_last", monkeypatch, "optim.memory_format=channels_last")
     assert [s["channels_last"] for s in seen_c] == [False, False]
     assert [s["channels_last"] for s in seen_cl] == [True, True]
-    # the same weights and batch: only the layout differs, so the first step's loss agrees to rounding
+    # the same weights and batch: only the layout differs, so both steps' losses and the weights agree to rounding
     assert seen_cl[0]["loss"] == pytest.approx(seen_c[0]["loss"], rel=1e-5)
-    # after an update the kernels' different rounding shows through the PAG double backward: 0.3 % on the second
-    # step on an AVX2-only CPU (2026-12-03), to 1e-5 on the machine this test was written on
-    assert seen_cl[1]["loss"] == pytest.approx(seen_c[1]["loss"], rel=1e-2)
-    assert max_difference(channels_last, contiguous) < 1e-2
+    assert seen_cl[1]["loss"] == pytest.approx(seen_c[1]["loss"], rel=1e-5)
+    assert max_difference(channels_last, contiguous) < 1e-4
 
 
 def test_evaluation_under_a_bf16_config_is_float32(tmp_path):
