@@ -92,6 +92,19 @@ def test_rank_correlation_reads_order_only_and_says_how_sure_it_is():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)  # monotone, whatever the spacing
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties share their mean rank
-    rho, lo, hi = rank_correlation([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 3, 2, 5, 4, 6])
-    assert rho == pytest.approx(0.8857143) and lo <= rho <= hi <= 1.0 and lo < 0.8  # six points: a wide interval
+    six = rank_correlation([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 3, 2, 5, 4, 6])
+    assert six.rho == pytest.approx(0.8857143) and six.low <= six.rho <= six.high <= 1.0 and six.low < 0.8  # wide
     assert rank_correlation([0.1, 0.2, 0.3], [1, 2, 3], seed=1) == rank_correlation([0.1, 0.2, 0.3], [1, 2, 3], seed=1)
+    # a perfect order of three is one of 6 orderings, and its reverse is as extreme: p = 2/6, not "certain"
+    three = rank_correlation([0.1, 0.2, 0.3], [1, 2, 3])
+    assert (three.rho, three.low, three.high) == (1.0, 1.0, 1.0) and three.p == pytest.approx(1 / 3)
+    assert rank_correlation([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]).p == pytest.approx(2 / 120)
+
+
+def test_the_permutation_p_value_of_many_runs_comes_from_seeded_shuffles():
+    from pagrob.sweep import permutation_p
+    xs = list(range(12))
+    assert permutation_p(xs, xs, draws=500) == pytest.approx(1 / 501)  # 2 of 12! orderings: no shuffle matches
+    unrelated = [3, 11, 0, 7, 5, 9, 1, 10, 2, 8, 4, 6]
+    assert 0.2 < permutation_p(xs, unrelated, draws=2000) <= 1.0
+    assert permutation_p(xs, unrelated, draws=500, seed=1) == permutation_p(xs, unrelated, draws=500, seed=1)

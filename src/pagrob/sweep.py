@@ -152,9 +152,40 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / var if var > 0 else float("nan")
 
 
-def rank_correlation(xs: list[float], ys: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Spearman's rho of (xs, ys) with a 90 % bootstrap interval over the points (resampled with replacement,
-    seeded): with a handful of runs the interval, not rho, says how much the data support a trend."""
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's rho with two answers to "how sure?": a 90 % bootstrap interval over the runs, and the
+    permutation p-value, how often a random pairing of the same values is at least as correlated (|rho|). With a
+    handful of perfectly ordered runs every resample is ordered too and the interval shrinks to a point; p does not."""
+    rho: float
+    low: float
+    high: float
+    p: float
+    runs: int
+
+    def describe(self) -> str:
+        return (f"Spearman rho {self.rho:.2f} over {self.runs} runs: 90 % bootstrap {self.low:.2f} to {self.high:.2f}, "
+                f"permutation p = {self.p:.2g}")
+
+
+def permutation_p(xs: list[float], ys: list[float], draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho: exact over every ordering up to 8 points, else from
+    `draws` seeded shuffles (counting the observed pairing, so p is never 0)."""
+    observed = abs(spearman(xs, ys)) - 1e-12
+    if len(ys) <= 8:
+        orders = list(itertools.permutations(ys))
+        return sum(abs(spearman(xs, list(o))) >= observed for o in orders) / len(orders)
+    rng, shuffled = random.Random(seed), list(ys)
+    hits = 0
+    for _ in range(draws):
+        rng.shuffle(shuffled)
+        hits += abs(spearman(xs, shuffled)) >= observed
+    return (hits + 1) / (draws + 1)
+
+
+def rank_correlation(xs: list[float], ys: list[float], draws: int = 2000, seed: int = 0) -> RankCorrelation:
+    """Spearman's rho of (xs, ys), its 90 % bootstrap interval over the points (resampled with replacement,
+    seeded) and its permutation p-value."""
     rng = random.Random(seed)
     n = len(xs)
     boot = []
@@ -164,9 +195,8 @@ def rank_correlation(xs: list[float], ys: list[float], draws: int = 2000, seed: 
         if rho == rho:  # a resample of one repeated point has no ranks to correlate
             boot.append(rho)
     boot.sort()
-    if not boot:
-        return spearman(xs, ys), float("nan"), float("nan")
-    return spearman(xs, ys), boot[int(0.05 * (len(boot) - 1))], boot[int(0.95 * (len(boot) - 1))]
+    low, high = (boot[int(0.05 * (len(boot) - 1))], boot[int(0.95 * (len(boot) - 1))]) if boot else (float("nan"),) * 2
+    return RankCorrelation(spearman(xs, ys), low, high, permutation_p(xs, ys), n)
 
 
 def _label(row: dict) -> str:
@@ -203,8 +233,7 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
         ax.set_xlabel(f"alignment (cos to {rows[0]['alignment_source']} targets)", fontsize=8)
         points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
         if len(points) >= 3:
-            rho, lo, hi = rank_correlation(*map(list, zip(*points)))
-            ax.set_title(f"{c}\nSpearman rho {rho:.2f} (90 % bootstrap {lo:.2f} to {hi:.2f}, {len(points)} runs)",
+            ax.set_title(f"{c}\n" + rank_correlation(*map(list, zip(*points))).describe().replace(": ", ":\n"),
                          fontsize=8)
     axes[0][0].set_ylabel("robust accuracy (%)")
     fig.suptitle("robust accuracy vs alignment\n(blue: grid, in grid order; red stars: extra runs)", fontsize=10)
@@ -236,9 +265,8 @@ def _correlation_lines(rows: list[dict]) -> list[str]:
     for c in sorted({c for r in rows for c in r["robust"]}):
         points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
         if len(points) >= 3:
-            rho, lo, hi = rank_correlation(*map(list, zip(*points)))
-            lines.append(f"- Alignment against {c}: Spearman rho {rho:.2f}, 90 % bootstrap interval {lo:.2f} to "
-                         f"{hi:.2f} over {len(points)} runs (extras included).")
+            lines.append(f"- Alignment against {c}: {rank_correlation(*map(list, zip(*points))).describe()} "
+                         "(extras included).")
     return lines + [""] if lines else []
 
 
