@@ -108,3 +108,23 @@ def test_the_permutation_p_value_of_many_runs_comes_from_seeded_shuffles():
     unrelated = [3, 11, 0, 7, 5, 9, 1, 10, 2, 8, 4, 6]
     assert 0.2 < permutation_p(xs, unrelated, draws=2000) <= 1.0
     assert permutation_p(xs, unrelated, draws=500, seed=1) == permutation_p(xs, unrelated, draws=500, seed=1)
+
+
+def test_a_sweep_killed_mid_run_resumes_that_run_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    import pagrob.train as train_module
+    from fakes import interrupt_after
+    args = ["sweep", "--set", "data.name=toy2d", "--set", "optim.epochs=2", "--set", "eval.n=60",
+            "--set", "eval.eps_l2=[10]", "--set", "pag.source=exact", "--grid", "pag.lam=1"]
+    assert main(["--quiet", *args, "--out", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        interrupt_after(m, train_module, "train_step", 120)  # toy2d: 94 steps an epoch: one checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            main(["--quiet", *args, "--out", str(tmp_path / "killed")])
+    assert list((tmp_path / "killed" / "lam1" / "checkpoints").glob("*.json"))
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "killed")]) == 0  # before: "holds an unfinished run", exit 2
+    said = capsys.readouterr()
+    assert "resum" in said.err.lower(), said.err
+    whole, resumed = (json.loads((tmp_path / d / "lam1" / "results.json").read_text()) for d in ("whole", "killed"))
+    assert resumed["clean_accuracy"] == whole["clean_accuracy"]
+    assert [e["accuracy"] for e in resumed["robust_accuracy"]] == [e["accuracy"] for e in whole["robust_accuracy"]]

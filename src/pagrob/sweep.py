@@ -7,7 +7,8 @@
    passes (counted from the objective: `dryrun.passes_per_image`), with any extra runs (adversarial
    training, say) on the same plots.
 
-Runs already finished with the same config are reused, so an interrupted sweep continues where it stopped.
+Runs already finished with the same config are reused and a run killed mid-training resumes from its checkpoint, so
+an interrupted sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
 from pagrob.pipeline import train_and_evaluate  # noqa: E402
 from pagrob.runs import load_run, read_results  # noqa: E402
 from pagrob.targets import build_source, reference_source_name  # noqa: E402
+from pagrob.train import finished  # noqa: E402
 
 
 @dataclass
@@ -297,7 +299,8 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
             continue
         if progress:
             print(f"[sweep] {i + 1}/{len(runs)} {run.name} ({run.cfg.method})", flush=True)
-        train_and_evaluate(run.cfg, out / run.name, progress)
+        # a run killed mid-training carries on from its checkpoint (training refuses one of another config)
+        train_and_evaluate(run.cfg, out / run.name, progress, resume=not finished(out / run.name))
     reference = load_config(config, overrides).pag
     rows = [summarize(run, out / run.name, align_source, reference) for run in runs]
     write_json(out / "sweep.json", rows)

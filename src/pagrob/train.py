@@ -381,6 +381,7 @@ def fit(cfg: Config, data: Dataset, out: Path, ctx: distributed.Context | None =
     if found is not None:
         prog = _restore(found[:2], saved)
         if ctx.main:
+            _note(f"resuming {cfg.name} at step {prog.step} of {plan.total} from {folder}")
             for warning in found[2]:
                 _note(warning)
             checkpoint.discard_after(folder, prog.step)
