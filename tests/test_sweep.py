@@ -128,3 +128,22 @@ def test_a_sweep_killed_mid_run_resumes_that_run_from_its_checkpoint(tmp_path, m
     whole, resumed = (json.loads((tmp_path / d / "lam1" / "results.json").read_text()) for d in ("whole", "killed"))
     assert resumed["clean_accuracy"] == whole["clean_accuracy"]
     assert [e["accuracy"] for e in resumed["robust_accuracy"]] == [e["accuracy"] for e in whole["robust_accuracy"]]
+
+
+def test_a_run_whose_guards_failed_is_shown_but_not_ranked(tmp_path):
+    from pagrob.sweep import correlation, plot_sweep, sweep_table
+
+    def row(name, alignment, robust, verdict="ok"):
+        return {"name": name, "method": "pag-sbg", "varied": {"pag.lam": name[3:]}, "extra": False,
+                "clean_accuracy": 0.4, "robust": {"worst L2 0.5": robust}, "alignment_source": "smooth",
+                "alignment": alignment, "verdict": verdict, "train_seconds": 300.0, "passes_per_image_step": 5,
+                "passes_total": 1.5e5}
+
+    rows = [row("lam1", 0.1, 0.15), row("lam3", 0.2, 0.20), row("lam10", 0.3, 0.27),
+            row("lam30", 0.05, 0.096, "not learned")]
+    found, left_out = correlation(rows, "worst L2 0.5")
+    assert left_out == ["lam30"] and found.runs == 3 and found.rho == pytest.approx(1.0)  # with lam30: 0.8
+    assert correlation(rows[2:], "worst L2 0.5") == (None, ["lam30"])  # one learned run: nothing to rank
+    assert "| lam30 | 30 | pag-sbg | 40.0 | 9.6 |" in sweep_table(rows) and "not learned |" in sweep_table(rows)
+    first, _ = plot_sweep(rows, tmp_path)
+    assert first.stat().st_size > 0

@@ -222,3 +222,8 @@ def verdict(guards: dict[str, dict]) -> tuple[str, list[str]]:
 def worst_verdict(verdicts) -> str:
     """The most severe of several verdicts (VERDICTS order; "ok" when there are none)."""
     return max(verdicts, key=VERDICTS.index, default="ok")
+
+
+def run_verdict(results: dict) -> str:
+    """The worst verdict of a run's robust numbers (its results.json): ok, suspect or not learned."""
+    return worst_verdict(e.get("verdict", "ok") for e in results.get("robust_accuracy", []))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pagrob.diffusion.pictures import sbg_figures
-from pagrob.guards import worst_verdict
+from pagrob.guards import run_verdict
 from pagrob.outcomes import radius_label, worst_by_radius as worst
 from pagrob.runs import read_results
 from pagrob.visualize import HEADLINE, PER_MINUTE, make_figures
@@ -59,14 +59,9 @@ def _by_dataset(run_dirs: list[Path]) -> dict[str, list[dict]]:
     return by_dataset
 
 
-def _run_verdict(r: dict) -> str:
-    """The worst verdict of a run's robust numbers: ok, suspect or not learned."""
-    return worst_verdict(e.get("verdict", "ok") for e in r.get("robust_accuracy", []))
-
-
 def _failed_runs(rows: list[dict], verdict: str | None = None) -> list[str]:
     """Runs with a failed guard (or, given `verdict`, with that verdict)."""
-    return [r["name"] for r in rows if (_run_verdict(r) != "ok" if verdict is None else _run_verdict(r) == verdict)]
+    return [r["name"] for r in rows if (run_verdict(r) != "ok" if verdict is None else run_verdict(r) == verdict)]
 
 
 def _mark(verdict: str | None) -> str:
@@ -101,7 +96,7 @@ def summary_table(rows: list[dict]) -> tuple[Table, str]:
         al = r.get("alignment") or next(({"source": s, **v} for s, v in r.get("alignment_scores", {}).items()), {})
         cells.append(f"{al['cosine']:.3f} ({al['source']})" if al else "–")
         cells.append(f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "–")
-        cells.append(_run_verdict(r))
+        cells.append(run_verdict(r))
         body.append(cells)
     note = (f"Accuracies in %: clean on all {rows[0]['n_test']} test points; robust on the first "
             f"{', '.join(map(str, sizes))}, each the worst case over every attack run at that radius (an image counts "

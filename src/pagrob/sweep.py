@@ -28,6 +28,7 @@ from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score  # noqa: E402
 from pagrob.config import Config, ConfigError, PagConfig, load_config, to_dict  # noqa: E402
 from pagrob.dryrun import passes_per_image  # noqa: E402
 from pagrob.files import write_json  # noqa: E402
+from pagrob.guards import run_verdict  # noqa: E402
 from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
 from pagrob.pipeline import train_and_evaluate  # noqa: E402
 from pagrob.runs import load_run, read_results  # noqa: E402
@@ -123,6 +124,7 @@ def summarize(run: PlannedRun, run_dir: Path, align_source: str | None, referenc
         "name": run.name, "method": run.cfg.method, "varied": run.varied, "extra": not run.varied,
         "clean_accuracy": results["clean_accuracy"],
         "robust": {f"worst {radius_label(norm, eps)}": w["accuracy"] for (norm, eps), w in worst_by_radius(results).items()},
+        "verdict": run_verdict(results),
         "alignment_source": source, "alignment": cosine,
         "train_seconds": results["train_seconds"],
         "passes_per_image_step": per_image,
@@ -207,21 +209,36 @@ def _label(row: dict) -> str:
 
 def _panel(ax, rows: list[dict], column: str, x_of, join: bool) -> None:
     """One attack's robust accuracy against x_of(row): grid runs as circles (joined in grid order when `join`),
-    extra runs as red stars, every point named."""
-    grid_rows = [r for r in rows if not r["extra"] and column in r["robust"]]
+    extra runs as red stars, runs whose guards failed (a model that has not learned, say) as grey crosses; every
+    point named."""
+    shown = [r for r in rows if column in r["robust"]]
+    grid_rows = [r for r in shown if not r["extra"] and r["verdict"] == "ok"]
     xs, ys = [x_of(r) for r in grid_rows], [100 * r["robust"][column] for r in grid_rows]
     ax.plot(xs, ys, "o-" if join else "o", color="tab:blue", label="grid")
     for r, px, py in zip(grid_rows, xs, ys):
         ax.annotate(_label(r), (px, py), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for r in rows:
-        if r["extra"] and column in r["robust"]:
-            ax.plot(x_of(r), 100 * r["robust"][column], "*", ms=12, color="tab:red", mec="k")
-            ax.annotate(r["name"], (x_of(r), 100 * r["robust"][column]), fontsize=8, fontweight="bold",
-                        color="tab:red", xytext=(4, -10), textcoords="offset points")
-    top = max(100 * r["robust"][column] for r in rows if column in r["robust"])
+    for r in shown:
+        point = (x_of(r), 100 * r["robust"][column])
+        if r["verdict"] != "ok":
+            ax.plot(*point, "x", ms=9, color="grey")
+            ax.annotate(f"{_label(r)} ({r['verdict']})", point, fontsize=7, color="grey", xytext=(4, -10),
+                        textcoords="offset points")
+        elif r["extra"]:
+            ax.plot(*point, "*", ms=12, color="tab:red", mec="k")
+            ax.annotate(r["name"], point, fontsize=8, fontweight="bold", color="tab:red", xytext=(4, -10),
+                        textcoords="offset points")
+    top = max(100 * r["robust"][column] for r in shown)
     ax.set_ylim(-2, max(10.0, 1.12 * top))  # percent scale even when every run is at 0
     ax.set_title(column, fontsize=9)
     ax.grid(alpha=0.3)
+
+
+def correlation(rows: list[dict], column: str) -> tuple[RankCorrelation | None, list[str]]:
+    """Alignment against robust accuracy in `column` over the runs whose guards passed (a model near chance has no
+    robustness to rank), None below three such runs; and the names of the runs left out."""
+    left_out = [r["name"] for r in rows if column in r["robust"] and r["verdict"] != "ok"]
+    points = [(r["alignment"], r["robust"][column]) for r in rows if column in r["robust"] and r["verdict"] == "ok"]
+    return (rank_correlation(*map(list, zip(*points))) if len(points) >= 3 else None), left_out
 
 
 def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
@@ -233,12 +250,13 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
     for ax, c in zip(axes[0], columns):
         _panel(ax, rows, c, lambda r: r["alignment"], join=True)
         ax.set_xlabel(f"alignment (cos to {rows[0]['alignment_source']} targets)", fontsize=8)
-        points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
-        if len(points) >= 3:
-            ax.set_title(f"{c}\n" + rank_correlation(*map(list, zip(*points))).describe().replace(": ", ":\n"),
-                         fontsize=8)
+        found, left_out = correlation(rows, c)
+        if found:
+            ax.set_title(f"{c}\n" + found.describe().replace(": ", ":\n")
+                         + (f"\n(without {', '.join(left_out)}: guards failed)" if left_out else ""), fontsize=8)
     axes[0][0].set_ylabel("robust accuracy (%)")
-    fig.suptitle("robust accuracy vs alignment\n(blue: grid, in grid order; red stars: extra runs)", fontsize=10)
+    fig.suptitle("robust accuracy vs alignment\n(blue: grid, in grid order; red stars: extra runs; grey crosses: guards "
+                 "failed)", fontsize=10)
     fig.tight_layout()
     first = out / "robust_vs_alignment.png"
     fig.savefig(first, dpi=110)
@@ -262,13 +280,13 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
 
 
 def _correlation_lines(rows: list[dict]) -> list[str]:
-    """Per attack column with three runs or more: Spearman's rho between alignment and robust accuracy."""
+    """Per attack column with three learned runs or more: Spearman's rho between alignment and robust accuracy."""
     lines = []
     for c in sorted({c for r in rows for c in r["robust"]}):
-        points = [(r["alignment"], r["robust"][c]) for r in rows if c in r["robust"]]
-        if len(points) >= 3:
-            lines.append(f"- Alignment against {c}: {rank_correlation(*map(list, zip(*points))).describe()} "
-                         "(extras included).")
+        found, left_out = correlation(rows, c)
+        if found:
+            without = f"; left out, their guards failed: {', '.join(left_out)}" if left_out else ""
+            lines.append(f"- Alignment against {c}: {found.describe()} (extras included{without}).")
     return lines + [""] if lines else []
 
 
@@ -276,13 +294,13 @@ def sweep_table(rows: list[dict]) -> str:
     columns = sorted({c for r in rows for c in r["robust"]})
     keys = list(dict.fromkeys(k for r in rows for k in r["varied"]))
     head = ["run", *keys, "method", "clean %", *[f"{c} %" for c in columns],
-            f"alignment ({rows[0]['alignment_source']})", "train s", "passes/image/step", "passes total"]
+            f"alignment ({rows[0]['alignment_source']})", "train s", "passes/image/step", "passes total", "guards"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], *[r["varied"].get(k, "–") for k in keys], r["method"], f"{100 * r['clean_accuracy']:.1f}",
                  *[f"{100 * r['robust'][c]:.1f}" if c in r["robust"] else "–" for c in columns],
                  f"{r['alignment']:.3f}", f"{r['train_seconds']:.0f}", str(r["passes_per_image_step"]),
-                 f"{r['passes_total']:.3g}"]
+                 f"{r['passes_total']:.3g}", r["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
