@@ -246,7 +246,7 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
     below, one column per attack)."""
     columns = sorted({c for r in rows for c in r["robust"]})
     n = len(columns)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.6 * n, 4.8), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.6 * n, 5.6), 4.2), squeeze=False)
     for ax, c in zip(axes[0], columns):
         _panel(ax, rows, c, lambda r: r["alignment"], join=True)
         ax.set_xlabel(f"alignment (cos to {rows[0]['alignment_source']} targets)", fontsize=8)
@@ -255,14 +255,14 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
             ax.set_title(f"{c}\n" + found.describe().replace(": ", ":\n")
                          + (f"\n(without {', '.join(left_out)}: guards failed)" if left_out else ""), fontsize=8)
     axes[0][0].set_ylabel("robust accuracy (%)")
-    fig.suptitle("robust accuracy vs alignment\n(blue: grid, in grid order; red stars: extra runs; grey crosses: guards "
-                 "failed)", fontsize=10)
+    fig.suptitle("robust accuracy vs alignment\nblue: grid, in grid order; red stars: extra runs;\n"
+                 "grey crosses: guards failed", fontsize=10)
     fig.tight_layout()
     first = out / "robust_vs_alignment.png"
     fig.savefig(first, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(max(3.6 * n, 5.6), 7), squeeze=False)
     for i, c in enumerate(columns):
         _panel(axes[0][i], rows, c, lambda r: r["train_seconds"], join=False)
         axes[0][i].set_xlabel("training wall time (s)", fontsize=8)
@@ -271,7 +271,8 @@ def plot_sweep(rows: list[dict], out: Path) -> tuple[Path, Path]:
         axes[1][i].set_xlabel("training network passes (per image, summed)", fontsize=8)
     for row in axes:
         row[0].set_ylabel("robust accuracy (%)")
-    fig.suptitle("robust accuracy vs training compute\n(blue: grid; red stars: extra runs)", fontsize=10)
+    fig.suptitle("robust accuracy vs training compute\nblue: grid; red stars: extra runs; grey crosses: guards failed",
+                 fontsize=10)
     fig.tight_layout()
     second = out / "robust_vs_compute.png"
     fig.savefig(second, dpi=110)
