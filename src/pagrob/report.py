@@ -61,7 +61,8 @@ def _by_dataset(run_dirs: list[Path]) -> dict[str, list[dict]]:
 
 def _failed_runs(rows: list[dict], verdict: str | None = None) -> list[str]:
     """Runs with a failed guard (or, given `verdict`, with that verdict)."""
-    return [r["name"] for r in rows if (run_verdict(r) != "ok" if verdict is None else run_verdict(r) == verdict)]
+    named = [(r["name"], run_verdict(r)) for r in rows]
+    return [name for name, v in named if (v != "ok" if verdict is None else v == verdict)]
 
 
 def _mark(verdict: str | None) -> str:
