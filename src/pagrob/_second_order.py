@@ -401,12 +401,20 @@ class _PagGradient(torch.autograd.Function):
 
 
 
+def math_attention():
+    """Attention computed by its plain formula: the fused kernels behind F.scaled_dot_product_attention (timm's
+    and torchvision's vision transformers) have no double backward, which the PAG term needs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def routed_forward(model: torch.nn.Module, x: Tensor, copies: int, stash: bool
                    ) -> tuple[Tensor, _Pass, list[Tensor]]:
     """The model's output on `x` with the layers above routed, a stash hook on every node of its graph if
     `stash`, and the leaves (parameters) that require grad, `x` left out."""
     state = _Pass(copies)
-    with _SecondOrderLayers(state):
+    with _SecondOrderLayers(state), math_attention():
         out = model(x)
     if out.grad_fn is None:
         raise RuntimeError("pag_objective needs autograd: call it outside torch.no_grad() / inference_mode()")

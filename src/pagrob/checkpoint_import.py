@@ -1,7 +1,8 @@
 """`pagrob import-checkpoint`: a classifier's weights as a pagrob run folder that every verb accepts.
 
 Two kinds of file:
-- any network: `--model PATH.py:FACTORY` builds the user's `nn.Module` (`pagrob.models.user`) and the weights are
+- any network: `--model PATH.py:FACTORY` builds the user's `nn.Module` (`pagrob.models.user`; `--model
+  torchvision:NAME` or `timm:NAME` a library's, `pagrob.models.library`) and the weights are
   a safetensors file or a `.pt`/`.pth`/`.ckpt` state dict, read with `weights_only=True` (a pickle that would run
   code is refused; nothing is executed) and unwrapped from the usual containers (`state_dict`, `model`, `net`
   keys; `module.` and `model.` prefixes). The import measures clean accuracy on the test split.
@@ -32,7 +33,7 @@ from pagrob.config import Config, load_config, save_config, set_key, validate
 from pagrob.data import load_dataset
 from pagrob.errors import RunError
 from pagrob.files import write_json
-from pagrob.models import build_model
+from pagrob.models import arch_route, build_model
 from pagrob.models.user import PREFIX, check_output
 from pagrob.parts import build_classifier
 from pagrob.runs import load_weights, model_spec, save_model
@@ -114,13 +115,15 @@ def _digest(path: Path) -> str:
 
 def import_model(weights: str | Path, model: str, out: str | Path, dataset: str, model_args: dict | None = None,
                  normalize: str | None = None, overrides: list[str] = ()) -> Path:
-    """A user's network (`model` = PATH.py:FACTORY) with its weights as a run folder; clean accuracy measured.
+    """A user's network (`model` = PATH.py:FACTORY, or any model.arch route: torchvision:NAME, timm:NAME) with its
+    weights as a run folder; clean accuracy measured.
 
     Without `normalize` the network receives pixels in [0, 1], pagrob's convention; give the per-channel
     MEAN/STD it was trained with otherwise. `overrides` are `pagrob train`'s KEY=VALUE settings (data.data_dir, ...).
     """
     weights, out = Path(weights), Path(out)
-    cfg = load_config(None, [f"data.name={dataset}", f"model.arch={PREFIX}:{model}",
+    arch = model if arch_route(model) is not None else f"{PREFIX}:{model}"
+    cfg = load_config(None, [f"data.name={dataset}", f"model.arch={arch}",
                              f"model.normalize={normalize or 'none'}", f"name={out.name}", *overrides])
     if model_args is not None:
         set_key(cfg, "model.args", model_args)

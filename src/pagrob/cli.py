@@ -111,11 +111,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pagrob.evaluate import evaluate_run, summary_line
     from pagrob.runs import load_run
 
+    if args.profile:
+        _profile(args)
+        return
+    if args.threats or args.radii or args.reference:
+        raise ConfigError("--threats, --radii and --reference belong to --profile")
     run = load_run(args.run_dir)
     device = resolve_device(args.device or run.config.device)
     try:
-        entries = evaluate_run(run, args.attack, args.norm, args.eps, args.n, args.version, args.alignment, device,
-                               progress=not args.quiet, survivors=args.survivors)
+        entries = evaluate_run(run, args.attack, args.norm, args.eps, args.n, args.version or "standard",
+                               args.alignment, device, progress=not args.quiet, survivors=args.survivors)
     except ValueError as err:  # an attack that does not fit the data (e.g. apgd-t on two classes)
         raise ConfigError(str(err)) from None
     for entry in entries:
@@ -123,6 +128,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for source, score in run.results.get("alignment_scores", {}).items():
         print(f"{run.config.name}: alignment with {source}: {score['cosine']:.3f} ({score['n_images']} images)")
     print(f"results: {run.path / 'results.json'}")
+
+
+def _profile(args: argparse.Namespace) -> None:
+    """`evaluate --profile`: every threat, the union; RUN/profile.json and one line per threat."""
+    from pagrob.devices import resolve_device
+    from pagrob.runs import load_run
+    from pagrob.threats.profile import DEFAULT_VERSION, parse_radii, plan_profile, profile_run, summary_row
+
+    if args.eps or args.attack != "autoattack" or args.survivors or args.norm != "l2":
+        raise ConfigError("--profile attacks every norm over its own grid of radii: leave out --attack, --norm, --eps "
+                          "and --survivors (choose radii with --radii NORM=E1,E2,...)")
+    radii = parse_radii(args.radii or [])
+    plan_profile(args.threats, radii, is_image=True)  # names and radii are checked before any model is loaded
+    run = load_run(args.run_dir)
+    device = resolve_device(args.device or run.config.device)
+    try:
+        profile = profile_run(run, args.n, args.threats, radii, args.version or DEFAULT_VERSION,
+                              Path(args.reference) if args.reference else None, device, progress=not args.quiet)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for name, value in summary_row(profile).items():
+        print(f"{run.config.name}: {name} {'–' if value is None else f'{100 * value:.1f}%'}")
+    print(f"profile: {run.path / 'profile.json'}")
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
@@ -238,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=_Registry("pagrob.attacks.settings", "ATTACKS"), default="autoattack",
                    metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence "
                                           "(torchattacks); pgd: ours (100 steps, restarts, CE and margin losses)")
-    p.add_argument("--norm", choices=["l2", "linf"], default="l2")
+    p.add_argument("--norm", choices=["l1", "l2", "linf"], default="l2")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")
     p.add_argument("--n", type=int, help="attack the first N test images (default: the run's eval.n; 0: all)")
-    p.add_argument("--version", choices=_Registry("pagrob.attacks.library", "VERSIONS"), default="standard",
-                   metavar="VERSION",
-                   help="AutoAttack budget, one of %(choices)s: standard (RobustBench's), rand (randomised defences), "
+    p.add_argument("--version", choices=_Registry("pagrob.attacks.library", "VERSIONS"), metavar="VERSION",
+                   help="AutoAttack budget (default: standard; apgd-fast with --profile), one of %(choices)s: standard "
+                        "(RobustBench's), rand (randomised defences), "
                         "custom-fast (20 iterations, 3 targets, 1000 Square queries; not comparable with published "
                         "numbers), apgd-fast (custom-fast's APGD-CE and APGD-T only; Square, 300 queries, runs as the "
                         "guard on the first 500 images)")
@@ -252,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack only the images no earlier attack on this run fooled at that radius (AutoAttack's "
                         "own chaining: the same worst case in a fraction of the time; the entry's accuracy is then "
                         "the whole chain's)")
+    p.add_argument("--profile", action="store_true",
+                   help="the whole robustness profile into RUN_DIR/profile.json: L1, L2 and L-inf curves over a grid "
+                        "of radii (FMN, then the --version's APGD and our PGD at every radius on the images still "
+                        "undecided, guarded at every point), 15 corruptions at 5 severities, rotations and "
+                        "translations, and the union per image; resumes when run again (default --n: the run's "
+                        "eval.n, or 1000)")
+    p.add_argument("--threats", nargs="+", choices=_Registry("pagrob.threats.registry", "THREATS"), metavar="THREAT",
+                   help="with --profile: only these, of %(choices)s (default: all that apply to the data)")
+    p.add_argument("--radii", nargs="+", metavar="NORM=E1,E2",
+                   help="with --profile: a norm's radii, e.g. l2=0.25,0.5,1 (default: multiples of the headline "
+                        "radius L1 12, L2 0.5, L-inf 8/255 on CIFAR-sized images; the headline is always included)")
+    p.add_argument("--reference", metavar="RUN_DIR",
+                   help="with --profile: a profiled run whose corruption errors are the mCE's denominator")
     p.add_argument("--alignment", nargs="*", metavar="SOURCE",
                    help="target sources to score alignment against (default: the run's own and the dataset's "
                         "reference source)")
@@ -313,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "checkpoint) into a run folder that every verb accepts")
     p.add_argument("file", metavar="WEIGHTS", help=".safetensors, or a state dict (.pt, .pth, .ckpt) read with "
                                                     "weights_only=True")
-    p.add_argument("--model", metavar="PATH.py:FACTORY",
-                   help="your network: FACTORY(**model-args) from the Python file PATH.py returns the nn.Module")
+    p.add_argument("--model", metavar="PATH.py:FACTORY|torchvision:NAME|timm:NAME",
+                   help="your network: FACTORY(**model-args) from the Python file PATH.py returns the nn.Module; or "
+                        "a torchvision or timm classifier by name (built without downloading weights)")
     p.add_argument("--model-args", metavar="JSON", help="keyword arguments of FACTORY, e.g. '{\"num_classes\": 10}'")
     p.add_argument("--normalize", metavar="MEAN/STD",
                    help="the per-channel normalisation the network expects, e.g. 0.4914,0.4822,0.4465/0.2470,0.2435,"

@@ -71,7 +71,7 @@ class ModelConfig:
     # auto (by input shape), a name in pagrob.models.ARCHS, or a route: file:PATH.py:FACTORY (your own network)
     arch: str = field(default="auto", metadata={"coerce": _arch})
     width: int = 64  # hidden width (mlp), base channels (cnn, resnet18), embedding width (vit)
-    args: dict = field(default_factory=dict, metadata={"coerce": _mapping})  # file: arch: FACTORY(**args)
+    args: dict = field(default_factory=dict, metadata={"coerce": _mapping})  # a route's: FACTORY(**args) of file:, the library's keyword arguments
     # data: first layer standardises with training-set statistics | none: raw [0, 1] inputs |
     # [[MEAN...], [STD...]]: a fixed per-channel normalisation (the one your network was trained with)
     normalize: str | list = field(default="data", metadata={"coerce": _normalization})
@@ -366,8 +366,8 @@ def validate(cfg: Config) -> None:
            f"data.augment must be auto, none, crop or crop_flip, got '{cfg.data.augment}'")
     _check(known_arch(cfg.model.arch), f"model.arch must be {arch_choices()}, got '{cfg.model.arch}'")
     _check(not cfg.model.args or arch_route(cfg.model.arch) is not None,
-           f"model.args is passed to the factory of a file:PATH.py:FACTORY architecture; {cfg.model.arch} takes "
-           "model.width instead")
+           f"model.args is passed to a route's network (file:PATH.py:FACTORY, torchvision:NAME, timm:NAME); "
+           f"{cfg.model.arch} takes model.width instead")
     _check(cfg.model.width >= 1, f"model.width must be >= 1, got {cfg.model.width}")
     _check(cfg.optim.name in ("sgd", "adam"), f"optim.name must be sgd or adam, got '{cfg.optim.name}'")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),

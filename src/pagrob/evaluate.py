@@ -13,6 +13,7 @@ over every attack that ever ran there, is the robust accuracy the report shows.
 from __future__ import annotations
 
 import functools
+import math
 import importlib.metadata
 import subprocess
 import time
@@ -29,6 +30,7 @@ from pagrob.accuracy import predict
 from pagrob.alignment import ALIGNMENT_IMAGES, alignment_score, alignment_scores
 from pagrob.attacks.adversaries import ADVERSARIES, NONE
 from pagrob.attacks.library import MIN_CLASSES, LibraryAttack, components_for, get_version
+from pagrob.attacks.own import OWN_NORMS
 from pagrob.attacks.pgd import EvalPGD
 from pagrob.attacks.settings import AttackSettings
 from pagrob.config import AdvConfig, Config, EvalConfig
@@ -55,7 +57,7 @@ class Victim:
     adversary: str = NONE  # the adv.method it was trained with: a single-step one brings the collapse guard
 
 
-def _batch_seed(seed: int, first_image: int) -> int:
+def batch_seed(seed: int, first_image: int) -> int:
     """Each batch's randomness depends only on where it starts: a resumed run draws what an uninterrupted one did."""
     return seed * 1_000_003 + first_image
 
@@ -64,6 +66,8 @@ def _make_attack(name: str, v: Victim, s: AttackSettings, seed: int, on_forward:
     if name == "pgd":
         return EvalPGD(v.model, s.norm, s.eps, s.pgd_steps, s.pgd_restarts, s.pgd_losses, v.bounds,
                        torch.Generator().manual_seed(seed))
+    if s.norm in OWN_NORMS:  # torchattacks attacks L2 and L-inf only
+        return OWN_NORMS[s.norm].make(name, v.model, s.eps, v.num_classes, v.bounds, get_version(s.version), seed)
     return LibraryAttack(v.model, name, s.norm, s.eps, v.num_classes, v.bounds, s.version, seed, on_forward)
 
 
@@ -92,7 +96,7 @@ def run_component(v: Victim, name: str, s: AttackSettings, robust: Tensor, store
         batch = todo[i:i + s.batch_size]
         b = batch.to(v.x.device)
         xb, yb = v.x[b], v.y[b]
-        x_adv = _make_attack(name, v, s, _batch_seed(s.seed, int(batch[0])), on_forward)(xb, yb)
+        x_adv = _make_attack(name, v, s, batch_seed(s.seed, int(batch[0])), on_forward)(xb, yb)
         bad, message = guards.outside_ball(xb, x_adv, s.norm, s.eps, v.bounds)
         with torch.no_grad():
             ok = v.model(x_adv).argmax(1) == yb
@@ -202,13 +206,16 @@ def provenance(s: AttackSettings, device: torch.device | str) -> dict:
 
 
 def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = None, progress: bool = True,
-                    sweep: dict | None = None, survivors: bool = False) -> dict:
+                    sweep: dict | None = None, survivors: bool = False, candidates: Tensor | None = None,
+                    then: tuple[str, ...] = ()) -> dict:
     """One `robust_accuracy` entry for results.json, with its per-attack breakdown and guard verdicts.
 
     `store` keeps per-image outcomes (default: in memory only); `sweep` reuses an eps-sweep guard already computed
     for this model, norm and images. `survivors`: attack only the images no attack in `store` has fooled at this
     radius, as AutoAttack chains its own components; the worst case is the same, the cost a fraction, and the
     entry's accuracy is then that of the whole chain (its `after` lists the attacks that came first).
+    `candidates`: attack only these images (a robustness curve leaves out those another radius decided; its
+    accuracy is then that of the candidates still standing). `then`: attacks that continue the chain (e.g. pgd).
     """
     need = MIN_CLASSES.get(s.attack, 2)
     if v.num_classes < need:
@@ -219,17 +226,18 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
     store = store or OutcomeStore(None, model_hash(v.model))
     clean_ok = predict(v.model, v.x) == v.y
     names, skipped = (components_for(s.version, v.num_classes) if s.attack == "autoattack" else ([s.attack], []))
-    standing, fooled_before = clean_ok.clone(), {}
+    names, skipped = _available(names, skipped, s.norm)
+    names += [name for name in then if name not in names]
+    standing, fooled_before = clean_ok.clone() if candidates is None else clean_ok & candidates, {}
     for name, fooled in (_stored_before(store, s, len(v.x), names) if survivors else {}).items():
         newly = fooled.to(standing.device) & standing
         fooled_before[name] = int(newly.sum())
         standing &= ~newly
     seq = run_sequence(v, names, s, standing, store, progress)
-    checks = {
-        "eps_sweep": sweep or guards.eps_sweep(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
-        "blackbox": _blackbox_guard(v, names, s, seq, clean_ok, store, progress),
-        "loss_rise": guards.loss_rise(v.model, v.x, v.y, s.norm, s.eps, v.bounds),
-    }
+    checks = {"eps_sweep": sweep or guards.eps_sweep(v.model, v.x, v.y, s.norm, s.eps, v.bounds)}
+    if s.norm not in OWN_NORMS or "square" in OWN_NORMS[s.norm].components:  # else no black-box attack: not run
+        checks["blackbox"] = _blackbox_guard(v, names, s, seq, clean_ok, store, progress)
+    checks["loss_rise"] = guards.loss_rise(v.model, v.x, v.y, s.norm, s.eps, v.bounds)
     checks = {"in_ball": guards.in_ball(seq.invalid, len(v.x), seq.message), **checks}
     if v.adversary in ADVERSARIES and ADVERSARIES[v.adversary].single_step:
         checks["collapse"] = _collapse_guard(v, s, clean_ok & ~seq.robust)
@@ -249,6 +257,15 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
                  seconds_by_attack=seq.seconds, seconds=time.perf_counter() - start,
                  provenance=provenance(s, v.x.device))
     return entry
+
+
+def _available(names: list[str], skipped: list[str], norm: str) -> tuple[list[str], list[str]]:
+    """The components that exist for `norm` (ours at L1: no FAB), the others added to the skipped reasons."""
+    if norm not in OWN_NORMS:
+        return list(names), skipped
+    have = OWN_NORMS[norm].components
+    return [n for n in names if n in have], skipped + [f"{n} has no {norm} version here" for n in names
+                                                       if n not in have]
 
 
 def _stored_before(store: OutcomeStore, s: AttackSettings, n: int, names: list[str]) -> dict[str, Tensor]:
@@ -366,9 +383,20 @@ def merge_entries(old: list[dict], new: list[dict]) -> list[dict]:
     return [e for e in old if key(e) not in fresh] + new
 
 
+def l1_beside_l2(l2: float, dims: int) -> float:
+    """The L1 radius that sits beside an L2 radius: 24 x L2 for CIFAR-10's 3,072 dimensions (L1 12 beside L2 0.5,
+    Croce & Hein 2021), scaled by sqrt(d / 3072) for other inputs (the L1 size of a change spread over k
+    coordinates grows like sqrt(k) times its L2 size), rounded to two significant digits."""
+    return float(f"{24.0 * l2 * math.sqrt(dims / 3072):.2g}")
+
+
 def default_eps(run, norm: str) -> list[float]:
-    """RobustBench's radius for images in [0, 1]; the run's configured radii for unbounded inputs (toy2d)."""
-    if run.dataset().bounds is not None:
+    """RobustBench's radius for images in [0, 1]; the run's configured radii for unbounded inputs (toy2d); for
+    L1 the radius beside the first L2 one (`l1_beside_l2`)."""
+    data = run.dataset()
+    if norm == "l1":
+        return [l1_beside_l2(default_eps(run, "l2")[0], math.prod(data.input_shape))]
+    if data.bounds is not None:
         return [ROBUSTBENCH_EPS[norm]]
     return list(run.config.eval.eps_l2 if norm == "l2" else run.config.eval.eps_linf)
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from pagrob.attacks import PerturbationError, check_perturbation, project
+from pagrob.attacks.apgd_l1 import sparse_step
 from pagrob.attacks.checks import norms
 from pagrob.attacks.pgd import margin
 
@@ -45,6 +46,7 @@ BLACKBOX_FRACTION = 0.02  # ... or this fraction of the evaluated images, whiche
 PROBE_IMAGES = 100
 PROBE_STEPS = 10
 RISE_FRACTION = 0.8  # share of images where ascent must beat noise
+L1_FRACTION = 0.05  # share of coordinates an L1 step moves (the steepest single coordinate is far too slow)
 COLLAPSE_FRACTION = 0.5  # most of the evaluation attack's fooled images a single-step attack may leave standing
 VERDICTS = ("ok", "suspect", "not learned")  # mildest first: a table shows the worst of its numbers'
 
@@ -77,10 +79,11 @@ def covering_eps(x: Tensor, norm: str, bounds: tuple[float, float] | None, eps: 
     """An eps whose ball reaches every valid input: the range's diameter; for unbounded inputs the evaluated
     points' spread, or the sweep's largest multiple of eps when that is more (the points may be one class)."""
     if bounds is not None:
-        width = bounds[1] - bounds[0]
-        return width * math.sqrt(x[0].numel()) if norm == "l2" else width
+        width, d = bounds[1] - bounds[0], x[0].numel()
+        return {"l1": width * d, "l2": width * math.sqrt(d)}.get(norm, width)
     spread = x.amax(0) - x.amin(0)
-    return max(float(spread.norm()) if norm == "l2" else float(spread.max()), SWEEP_FACTORS[-1] * eps)
+    size = spread.norm() if norm == "l2" else spread.sum() if norm == "l1" else spread.max()
+    return max(float(size), SWEEP_FACTORS[-1] * eps)
 
 
 def sweep_grid(eps: float, cover: float) -> list[float]:
@@ -136,9 +139,15 @@ def blackbox(whitebox_survivors: int, blackbox_extra: int, n: int, queries: int)
                   square_queries=queries)
 
 
-def _unit(v: Tensor, norm: str) -> Tensor:
+def _unit(v: Tensor, norm: str, at: Tensor | None = None, bounds: tuple[float, float] | None = None) -> Tensor:
+    """A step of unit size along v: its signs (L-inf), v normalised (L2), or for L1 an even split over the
+    `L1_FRACTION` largest entries of v (leaving out, given the point `at` and `bounds`, coordinates at a wall
+    that v pushes outward)."""
     if norm == "linf":
         return v.sign()
+    if norm == "l1":
+        k = torch.full((len(v),), math.ceil(L1_FRACTION * v[0].numel()), device=v.device)
+        return sparse_step(v, k, at, bounds)
     return v / norms(v, "l2").clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
 
 
@@ -162,7 +171,7 @@ def margin_ascent(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float,
         if i == steps:
             break
         (grad,) = torch.autograd.grad(m.sum(), x_adv)
-        x_adv = project(x, x_adv.detach() + step * _unit(grad, norm), norm, eps, bounds)
+        x_adv = project(x, x_adv.detach() + step * _unit(grad, norm, x_adv.detach(), bounds), norm, eps, bounds)
     return best
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pagrob._second_order import _PagGradient, _Pass, routed_forward
+from pagrob._second_order import _PagGradient, _Pass, math_attention, routed_forward
 
 STEPS = ("auto", "serial", "batched")
 AUTO_ROWS = {"cpu": 80, "cuda": 2048}  # at most this many rows per backward pass for "auto", by device type
@@ -142,7 +142,8 @@ def pag_terms(model: nn.Module, x: Tensor, target_grads: Tensor, target_classes:
     """One forward pass -> (logits, cosines (B, k)); both differentiable in the model's parameters."""
     _check_shapes(x, target_grads, target_classes)
     x = x.detach().requires_grad_(True)
-    logits = model(x)
+    with math_attention():
+        logits = model(x)
     grads = class_input_gradients(logits, x, target_classes)
     return logits, cosine_per_target(grads, target_grads)
 

@@ -46,14 +46,19 @@ class Outcomes:
     codes: list[int]
     path: Path | None = None
     message: str | None = None  # the first invalid example's description, for the in-ball guard
+    values: list[float | None] | None = None  # a number per image where the outcome has one (a minimum norm)
 
     def save(self) -> None:
         if self.path is not None:
-            write_json(self.path, {**self.key, "message": self.message, "codes": self.codes})
+            extra = {} if self.values is None else {"values": self.values}
+            write_json(self.path, {**self.key, "message": self.message, "codes": self.codes, **extra})
 
-    def update(self, idx: Tensor, codes: Tensor, message: str | None) -> None:
+    def update(self, idx: Tensor, codes: Tensor, message: str | None, values: Tensor | None = None) -> None:
         for i, c in zip(idx.tolist(), codes.tolist()):
             self.codes[i] = c
+        if values is not None:  # inf (nothing found) is kept as null: JSON has no infinity
+            for i, value in zip(idx.tolist(), values.tolist()):
+                self.values[i] = value if value != float("inf") else None
         self.message = self.message or message
         self.save()
 
@@ -73,16 +78,23 @@ class OutcomeStore:
     def open(self, component: str, s: AttackSettings, n: int) -> Outcomes:
         """The outcomes so far of `component` under `s` on the first n images (all NOT_ATTACKED when new)."""
         key = self._key(component, s, n)
-        name = f"{component}-{key['budget']}-{s.norm}-eps{s.eps:g}-n{n}"
+        return self.open_named(f"{component}-{key['budget']}-{s.norm}-eps{s.eps:g}-n{n}", key, n)
+
+    def open_named(self, name: str, key: dict, n: int, values: bool = False) -> Outcomes:
+        """The outcomes so far in the file `name` whose key (with this model's hash) is `key`; a file whose key
+        differs is started afresh. `values`: it also keeps a number per image."""
+        key = {"model": self.model, **key, "n": n}
+        fresh = Outcomes(key["component"], key, [NOT_ATTACKED] * n, values=[None] * n if values else None)
         if self.folder is None:
-            return self._memory.setdefault(name, Outcomes(component, key, [NOT_ATTACKED] * n))
-        path = self.folder / f"{name}.json"
-        if path.is_file():
-            saved = json.loads(path.read_text())
+            return self._memory.setdefault(name, fresh)
+        fresh.path = self.folder / f"{name}.json"
+        if fresh.path.is_file():
+            saved = json.loads(fresh.path.read_text())
             if {k: saved.get(k) for k in key} == key and len(saved["codes"]) == n:
-                return Outcomes(component, key, saved["codes"], path, saved.get("message"))
+                return Outcomes(key["component"], key, saved["codes"], fresh.path, saved.get("message"),
+                                saved.get("values"))
         self.folder.mkdir(parents=True, exist_ok=True)
-        return Outcomes(component, key, [NOT_ATTACKED] * n, path)
+        return fresh
 
     def all_at(self, norm: str, eps: float) -> list[Outcomes]:
         """Every outcome file of this model at (norm, eps), whatever the attack, budget or image count."""
@@ -94,7 +106,7 @@ class OutcomeStore:
                 saved = json.loads(path.read_text())
                 found.append(Outcomes(saved["component"], {k: v for k, v in saved.items() if k != "codes"},
                                       saved["codes"], path))
-        return [o for o in found if o.key["model"] == self.model and o.key["norm"] == norm
+        return [o for o in found if o.key["model"] == self.model and o.key.get("norm") == norm
                 and abs(o.key["eps"] - eps) <= 1e-12 * max(1.0, eps)]
 
 
@@ -119,11 +131,14 @@ def worst_case(store: OutcomeStore, clean_ok: Tensor, norm: str, eps: float) -> 
             "clean_accuracy": clean_ok[:n].float().mean().item(), "attacks": attacks}
 
 
+NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L∞"}
+
+
 def radius_label(norm: str, eps: float) -> str:
-    """'L2 0.5', 'L∞ 8/255': radii as papers write them."""
+    """'L1 12', 'L2 0.5', 'L∞ 8/255': radii as papers write them."""
     if norm == "linf" and eps < 1 and abs(eps * 255 - round(eps * 255)) < 1e-6:  # 8/255 and friends
         return f"L∞ {round(eps * 255)}/255"
-    return f"{'L2' if norm == 'l2' else 'L∞'} {eps:g}"
+    return f"{NORM_LABELS[norm]} {eps:g}"
 
 
 def worst_by_radius(results: dict) -> dict[tuple[str, float], dict]:

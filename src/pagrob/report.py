@@ -20,6 +20,8 @@ from pagrob.diffusion.pictures import sbg_figures
 from pagrob.guards import run_verdict
 from pagrob.outcomes import radius_label, worst_by_radius as worst
 from pagrob.runs import read_results
+from pagrob.threats.pictures import profile_figures, profile_table
+from pagrob.threats.profile import read_profile
 from pagrob.visualize import HEADLINE, PER_MINUTE, make_figures
 
 Table = tuple[list[str], list[list[str]]]  # header, rows of cells
@@ -258,12 +260,27 @@ def _sections(rows: list[dict], dataset: str) -> list[Section]:
     return sections
 
 
+def _profile_section(profiles: list[dict], dataset: str) -> Section:
+    n = sorted({p["n"] for p in profiles})
+    versions = sorted({p["attacks"]["version"] for p in profiles})
+    note = (f"Robustness profile (pagrob evaluate --profile), accuracies in % of the first {'/'.join(map(str, n))} "
+            f"test images. Each L_p column is the curve's point at that radius: the worst case per image over FMN "
+            f"(minimum norm), AutoAttack's APGD components ({', '.join(versions)}) and our PGD at that radius, "
+            "closed upward (fooled within a smaller ball counts at every larger one). Corruptions: the 15 CIFAR-10-C "
+            "corruptions made from the test images (seeded), mean over 5 severities. Spatial: correct under every "
+            "rotation and translation of the grid. Union: per image, correct and withstanding every threat at its "
+            "headline setting (the L_p columns' radii, every corruption at severity 3, the whole spatial grid).")
+    notes = [note] + [f"{p['name']}: {name} not run ({why})" for p in profiles for name, why in p["not_run"].items()]
+    return Section(f"{dataset}: robustness profile, every threat", profile_table(profiles), notes)
+
+
 def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob report", notes: str = "",
                  figure_images: int = 4) -> Path:
     """report.md and report.html in out_dir: per dataset the headline figure and summary first, details folded,
     then the pictures and how the numbers were made; returns report.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(d) for d in run_dirs if read_results(Path(d))]
+    profiled = profile_figures(run_dirs, out_dir)
     figures = make_figures(run_dirs, out_dir, figure_images) + sbg_figures(run_dirs, out_dir)
     leads = [(c, p) for c, p in figures if PER_MINUTE in c] + [(c, p) for c, p in figures if HEADLINE in c]
     headline = {}
@@ -275,7 +292,13 @@ def write_report(run_dirs: list[Path], out_dir: Path, title: str = "pagrob repor
     for dataset, rows in by_dataset.items():
         if dataset in headline:
             blocks.append(("figure", headline[dataset]))
-        blocks += [("section", s) for s in _sections(rows, dataset)]
+        sections = _sections(rows, dataset)
+        blocks.append(("section", sections[0]))
+        profiles = [p for p in map(read_profile, run_dirs) if p is not None and p["dataset"] == dataset]
+        if profiles:
+            blocks += [("figure", f) for f in profiled if f[0].startswith(f"{dataset}:")]
+            blocks.append(("section", _profile_section(profiles, dataset)))
+        blocks += [("section", s) for s in sections[1:]]
     blocks += [("figure", f) for f in others]
     provenance = provenance_lines([r for rows in by_dataset.values() for r in rows])
     if provenance:

@@ -61,7 +61,7 @@ def load_model(run_dir: Path) -> nn.Module:
         raise RunError(f"{run_dir}: model.safetensors is missing (did training finish?)") from None
     except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file
         raise RunError(f"{run_dir}/model.safetensors is damaged and cannot be read: {err}") from None
-    model.load_state_dict(state)
+    load_weights(model, state, f"{run_dir}/model.safetensors")
     return model.eval()
 
 

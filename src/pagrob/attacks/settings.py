@@ -24,7 +24,7 @@ ATTACKS: dict[str, str] = {
     "apgd-dlr": "APGD with the DLR loss, alone",
 }
 assert set(COMPONENTS) <= set(ATTACKS), "every library component is an attack name"
-NORMS = ("l2", "linf")
+NORMS = ("l1", "l2", "linf")  # L1: our APGD-L1 (pagrob.attacks.own), the others torchattacks'
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class AttackSettings:
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack '{self.attack}': use {', '.join(ATTACKS)}")
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be l2 or linf, got '{self.norm}'")
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got '{self.norm}'")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps} (eps 0 is the clean accuracy)")
         get_version(self.version)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pagrob.errors import ConfigError
-from pagrob.models import user
+from pagrob.models import library, user
 from pagrob.models.nets import MLP, SmallCNN, resnet18, vit
 
 
@@ -68,9 +68,10 @@ class ArchRoute:
 
     form: str  # how it is written, e.g. file:PATH.py:FACTORY
     summary: str  # one line for the CLI's help
-    build: Callable[[str, dict[str, Any]], nn.Module]  # (SPEC, model.args)
-    absolute: Callable[[str], str]  # SPEC with its paths made absolute, for the run folder
-    identity: Callable[[str], dict]  # what a run records of SPEC's source (e.g. a file's sha256)
+    # (SPEC, model.args, input shape without batch, number of classes) -> the network, before normalisation
+    build: Callable[[str, dict[str, Any], tuple[int, ...], int], nn.Module]
+    absolute: Callable[[str], str]  # SPEC as the run folder records it (paths made absolute); ConfigError if invalid
+    identity: Callable[[str], dict]  # what a run records of SPEC's source (a file's sha256, a library's version)
     check_unchanged: Callable[[str, dict, Any], None]  # (SPEC, recorded identity, run folder): raise if it changed
 
 
@@ -78,6 +79,9 @@ class ArchRoute:
 ARCH_ROUTES: dict[str, ArchRoute] = {
     user.PREFIX: ArchRoute(user.FORM, "FACTORY(**model.args) from your own Python file", user.build,
                            user.absolute, user.identity, user.check_unchanged),
+    # torchvision:NAME, timm:NAME: a model library's network (one `library.Library` each)
+    **{lib.prefix: ArchRoute(lib.form, lib.summary, lib.build, lib.absolute, lib.identity, lib.check_unchanged)
+       for lib in library.LIBRARIES},
 }
 
 
@@ -102,7 +106,8 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: 
                 args: dict[str, Any] | None = None) -> Classifier:
     """Build a classifier for inputs of `input_shape` (without batch). mean/std default to 0.5/0.5 per channel.
 
-    `args` are the keyword arguments of a route's factory (`file:PATH.py:FACTORY`); our own archs take `width`.
+    `args` are the keyword arguments of a route's network (`file:PATH.py:FACTORY`, `torchvision:NAME`,
+    `timm:NAME`); our own archs take `width`.
     """
     arch = default_arch(input_shape) if arch == "auto" else arch
     channels = input_shape[0]
@@ -110,7 +115,8 @@ def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: 
     std = list(std) if std is not None else [0.5] * channels
     route = arch_route(arch)
     if route is not None:
-        return Classifier(Normalize(mean, std), route[0].build(route[1], dict(args or {})))
+        net = route[0].build(route[1], dict(args or {}), tuple(input_shape), num_classes)
+        return Classifier(Normalize(mean, std), net)
     if arch not in ARCHS:
         raise ConfigError(f"unknown model arch '{arch}': use {arch_choices()}")
     entry = ARCHS[arch]

@@ -100,8 +100,10 @@ def _load_module(ref: ModelFile) -> Any:
     return module
 
 
-def build(spec: str, args: dict[str, Any]) -> nn.Module:
-    """`FACTORY(**args)` from the file, checked to be an nn.Module."""
+def build(spec: str, args: dict[str, Any], input_shape: tuple[int, ...] = (), num_classes: int = 0) -> nn.Module:
+    """`FACTORY(**args)` from the file, checked to be an nn.Module. The input shape and the number of classes (the
+    route interface's) are not passed on: the factory takes what model.args gives it, and the network's output is
+    checked against the classes once built (`check_output`)."""
     ref = parse(spec)
     _need_file(ref)
     module = _load_module(ref)
