@@ -10,3 +10,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits, loaded once per test module."""
+    from pagrob.data import load_dataset
+
+    return load_dataset("digits")

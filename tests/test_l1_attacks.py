@@ -10,7 +10,6 @@ from pagrob.attacks.checks import check_perturbation, norms, project
 from pagrob.attacks.fmn import FMN
 from pagrob.attacks.pgd import EvalPGD
 from pagrob.attacks.square_l1 import SquareL1
-from pagrob.data import load_dataset
 from pagrob.guards import covering_eps, eps_sweep, loss_rise, margin_ascent
 
 BOX = (0.0, 1.0)
@@ -23,11 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import torch
 
 from pagrob.attacks.settings import AttackSettings
 from pagrob.cli import main
-from pagrob.data import load_dataset
 from pagrob.evaluate import Victim
 from pagrob.outcomes import OutcomeStore, model_hash
 from pagrob.report import write_report
@@ -19,11 +18,6 @@ from pagrob.threats.lp import every_radius, lp_curve
 from pagrob.threats.registry import THREATS, Threat, ThreatResult
 from pagrob.threats.spatial import Grid, rotate_translate, spatial_robust
 from small_models import digits_cnn
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +59,35 @@ def test_the_curve_shortcut_finds_the_worst_case_of_attacking_every_radius(model
     attacked = sum(p["attacked"] for p in curve.points)
     assert attacked < 0.6 * clean * len(radii), (attacked, clean)  # each radius on every image would be clean x R
     assert all(p["verdict"] == "ok" for p in curve.points), [p["suspect_reasons"] for p in curve.points]
+
+
+class Quantised(torch.nn.Module):
+    """A model behind a rounding layer: its input-gradient is zero, so every gradient attack finds nothing."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 4) / 4)
+
+
+def test_a_curve_counts_what_the_black_box_guard_found_and_says_suspect(model, digits, tmp_path):
+    """With the gradients masked, only Square fools: its finds must leave the curve, at their radius and every
+    larger one, and every point must be flagged."""
+    masked = Quantised(model).eval()
+    v = Victim(masked, digits.x_test[:40], digits.y_test[:40], (0.0, 1.0), 10)
+    s = AttackSettings(attack="autoattack", norm="l2", eps=1.0, version="apgd-fast", pgd_steps=5, pgd_restarts=1)
+    radii = [0.5, 1.0, 2.0]
+    store = OutcomeStore(tmp_path / "a", model_hash(masked))
+    curve = lp_curve(v, s, radii, store, OutcomeStore(tmp_path / "p", model_hash(masked)), ("pgd",), progress=False)
+    square = torch.zeros(len(radii), 40, dtype=torch.bool)
+    for j, eps in enumerate(radii):
+        for o in store.all_at("l2", eps):
+            if o.component == "square":
+                square[j:] |= torch.tensor(o.codes) == 0  # fooled here counts at every larger radius
+    assert square[-1].any() and not (curve.robust & square).any()
+    assert all(p["verdict"] == "suspect" for p in curve.points)
 
 
 def test_the_union_is_per_image_not_the_smallest_marginal(run_dir, monkeypatch):

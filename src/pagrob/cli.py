@@ -134,20 +134,18 @@ def _profile(args: argparse.Namespace) -> None:
     """`evaluate --profile`: every threat, the union; RUN/profile.json and one line per threat."""
     from pagrob.devices import resolve_device
     from pagrob.runs import load_run
-    from pagrob.threats.profile import DEFAULT_VERSION, parse_radii, plan_profile, profile_run, summary_row
+    from pagrob.threats.profile import DEFAULT_VERSION, check_request, parse_radii, profile_run, summary_row
 
-    if args.eps or args.attack != "autoattack" or args.survivors or args.norm != "l2":
-        raise ConfigError("--profile attacks every norm over its own grid of radii: leave out --attack, --norm, --eps "
-                          "and --survivors (choose radii with --radii NORM=E1,E2,...)")
+    if args.eps or args.attack != "autoattack" or args.survivors or args.norm != "l2" or args.alignment is not None:
+        raise ConfigError("--profile attacks every norm over its own grid of radii: leave out --attack, --norm, --eps, "
+                          "--survivors and --alignment (choose radii with --radii NORM=E1,E2,...)")
     radii = parse_radii(args.radii or [])
-    plan_profile(args.threats, radii, is_image=True)  # names and radii are checked before any model is loaded
+    reference = Path(args.reference) if args.reference else None
+    check_request(args.threats, radii, reference)  # before any model is loaded
     run = load_run(args.run_dir)
     device = resolve_device(args.device or run.config.device)
-    try:
-        profile = profile_run(run, args.n, args.threats, radii, args.version or DEFAULT_VERSION,
-                              Path(args.reference) if args.reference else None, device, progress=not args.quiet)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    profile = profile_run(run, args.n, args.threats, radii, args.version or DEFAULT_VERSION, reference, device,
+                          progress=not args.quiet)
     for name, value in summary_row(profile).items():
         print(f"{run.config.name}: {name} {'–' if value is None else f'{100 * value:.1f}%'}")
     print(f"profile: {run.path / 'profile.json'}")
@@ -266,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=_Registry("pagrob.attacks.settings", "ATTACKS"), default="autoattack",
                    metavar="ATTACK", help="%(choices)s. autoattack: APGD-CE, APGD-T, FAB-T, Square in sequence "
                                           "(torchattacks); pgd: ours (100 steps, restarts, CE and margin losses)")
-    p.add_argument("--norm", choices=["l1", "l2", "linf"], default="l2")
+    p.add_argument("--norm", choices=_Registry("pagrob.attacks.checks", "NORMS"), default="l2", metavar="NORM",
+                   help="%(choices)s")
     p.add_argument("--eps", type=float, nargs="+",
                    help="radii (default: RobustBench's L2 0.5, L-inf 8/255; toy2d: the run's eval.eps_*)")
     p.add_argument("--n", type=int, help="attack the first N test images (default: the run's eval.n; 0: all)")

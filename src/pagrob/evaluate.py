@@ -36,7 +36,7 @@ from pagrob.attacks.settings import AttackSettings
 from pagrob.config import AdvConfig, Config, EvalConfig
 from pagrob.data import Dataset
 from pagrob.devices import resolve_device
-from pagrob.outcomes import FOLDER, FOOLED, INVALID, NOT_ATTACKED, SURVIVED, OutcomeStore, model_hash, worst_case
+from pagrob.outcomes import FOLDER, FOOLED, INVALID, SURVIVED, OutcomeStore, model_hash, pending, worst_case
 from pagrob.files import write_json
 from pagrob.targets import TargetSource, make_source, reference_source_name
 
@@ -81,9 +81,10 @@ def run_component(v: Victim, name: str, s: AttackSettings, robust: Tensor, store
     outcomes = store.open(name, s, len(v.x))
     idx = robust.nonzero().squeeze(1).cpu()
     codes = torch.tensor(outcomes.codes, dtype=torch.long)
-    todo = idx[codes[idx] == NOT_ATTACKED]
+    batches = pending(outcomes, robust, s.batch_size)
+    todo = sum(len(b) for b in batches)
     start = time.perf_counter()
-    bar = console.bar(total=len(idx), initial=len(idx) - len(todo), desc=f"{name} {s.norm} eps={s.eps:g}",
+    bar = console.bar(total=len(idx), initial=len(idx) - todo, desc=f"{name} {s.norm} eps={s.eps:g}",
                       unit="img", leave=False, enabled=progress)
     forwards = [0]
 
@@ -92,8 +93,7 @@ def run_component(v: Victim, name: str, s: AttackSettings, robust: Tensor, store
         bar.set_postfix_str(f"{forwards[0]} forward passes", refresh=False)
         bar.update(0)
 
-    for i in range(0, len(todo), s.batch_size):
-        batch = todo[i:i + s.batch_size]
+    for batch in batches:
         b = batch.to(v.x.device)
         xb, yb = v.x[b], v.y[b]
         x_adv = _make_attack(name, v, s, batch_seed(s.seed, int(batch[0])), on_forward)(xb, yb)
@@ -107,7 +107,7 @@ def run_component(v: Victim, name: str, s: AttackSettings, robust: Tensor, store
     bar.close()
     mine = codes[idx]
     console.line(f"{name} ({s.budget(name)}) {s.norm} eps={s.eps:g}: fooled {int((mine == FOOLED).sum())} of "
-                 f"{len(idx)} images ({len(idx) - len(todo)} from earlier), {time.perf_counter() - start:.1f} s",
+                 f"{len(idx)} images ({len(idx) - todo} from earlier), {time.perf_counter() - start:.1f} s",
                  progress)
     return codes
 
@@ -142,8 +142,9 @@ def run_sequence(v: Victim, names: list[str], s: AttackSettings, robust: Tensor,
 
 
 def _blackbox_guard(v: Victim, names: list[str], s: AttackSettings, seq: SequenceResult, clean_ok: Tensor,
-                    store: OutcomeStore, progress: bool) -> dict:
-    """Guard (c): how many images Square fools that the white-box attacks could not."""
+                    store: OutcomeStore, progress: bool, attacked: Tensor | None = None) -> dict:
+    """Guard (c): how many images Square fools that the white-box attacks could not. `attacked`: the images the
+    white-box attacks ran on, when not all (a curve's radius): the limit is then a share of those."""
     queries = get_version(s.version).queries
     robust = seq.robust
     if names == ["square"]:  # the attack is black-box: compare it with APGD-CE on the same images
@@ -157,12 +158,14 @@ def _blackbox_guard(v: Victim, names: list[str], s: AttackSettings, seq: Sequenc
     robust = robust & (torch.arange(len(v.x), device=robust.device) < guarded)  # the version's guard images
     after = run_sequence(v, ["square"], s, robust, store, progress)
     seq.invalid, seq.message = seq.invalid + after.invalid, seq.message or after.message
-    return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), guarded, queries)
+    pool = guarded if attacked is None else int(attacked[:guarded].sum())
+    return guards.blackbox(int(robust.sum()), int((robust & ~after.robust).sum()), pool, queries)
 
 
 def _collapse_guard(v: Victim, s: AttackSettings, fooled: Tensor) -> dict:
     """Guard (e): the run's own single-step training attack, at the evaluated radius, on the images the evaluation
-    attack fooled; seeded, so a re-evaluation draws the same noise."""
+    attack fooled; seeded, so a re-evaluation draws the same noise. Not under L1: no single-step adversary steps
+    there."""
     idx = fooled.nonzero().squeeze(1)
     attack = ADVERSARIES[v.adversary].make(v.model, AdvConfig(method=v.adversary, norm=s.norm, eps=s.eps), v.bounds,
                                            torch.Generator().manual_seed(s.seed))
@@ -228,19 +231,24 @@ def robust_accuracy(v: Victim, s: AttackSettings, store: OutcomeStore | None = N
     names, skipped = (components_for(s.version, v.num_classes) if s.attack == "autoattack" else ([s.attack], []))
     names, skipped = _available(names, skipped, s.norm)
     names += [name for name in then if name not in names]
+    if not names:
+        raise ValueError(f"{s.attack} has no {s.norm} version here: under {s.norm} use "
+                         f"{', '.join(OWN_NORMS[s.norm].components)} or autoattack")
     standing, fooled_before = clean_ok.clone() if candidates is None else clean_ok & candidates, {}
     for name, fooled in (_stored_before(store, s, len(v.x), names) if survivors else {}).items():
         newly = fooled.to(standing.device) & standing
         fooled_before[name] = int(newly.sum())
         standing &= ~newly
+    attacked = standing.clone()
     seq = run_sequence(v, names, s, standing, store, progress)
     checks = {"eps_sweep": sweep or guards.eps_sweep(v.model, v.x, v.y, s.norm, s.eps, v.bounds)}
     if s.norm not in OWN_NORMS or "square" in OWN_NORMS[s.norm].components:  # else no black-box attack: not run
-        checks["blackbox"] = _blackbox_guard(v, names, s, seq, clean_ok, store, progress)
+        checks["blackbox"] = _blackbox_guard(v, names, s, seq, clean_ok, store, progress,
+                                             None if candidates is None else attacked)
     checks["loss_rise"] = guards.loss_rise(v.model, v.x, v.y, s.norm, s.eps, v.bounds)
     checks = {"in_ball": guards.in_ball(seq.invalid, len(v.x), seq.message), **checks}
-    if v.adversary in ADVERSARIES and ADVERSARIES[v.adversary].single_step:
-        checks["collapse"] = _collapse_guard(v, s, clean_ok & ~seq.robust)
+    if v.adversary in ADVERSARIES and ADVERSARIES[v.adversary].single_step and s.norm not in OWN_NORMS:
+        checks["collapse"] = _collapse_guard(v, s, attacked & ~seq.robust)
     checks["learned"] = guards.learned(clean_ok.float().mean().item(), v.num_classes)
     status, reasons = guards.verdict(checks)
     entry = {"attack": s.attack, "norm": s.norm, "eps": s.eps, "n_examples": len(v.x),

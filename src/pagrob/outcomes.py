@@ -98,6 +98,10 @@ class OutcomeStore:
 
     def all_at(self, norm: str, eps: float) -> list[Outcomes]:
         """Every outcome file of this model at (norm, eps), whatever the attack, budget or image count."""
+        return [o for o in self.all_of(norm) if abs(o.key["eps"] - eps) <= 1e-12 * max(1.0, eps)]
+
+    def all_of(self, norm: str) -> list[Outcomes]:
+        """Every outcome file of this model under `norm`, at any radius."""
         if self.folder is None:
             found = list(self._memory.values())
         else:
@@ -106,8 +110,18 @@ class OutcomeStore:
                 saved = json.loads(path.read_text())
                 found.append(Outcomes(saved["component"], {k: v for k, v in saved.items() if k != "codes"},
                                       saved["codes"], path))
-        return [o for o in found if o.key["model"] == self.model and o.key.get("norm") == norm
-                and abs(o.key["eps"] - eps) <= 1e-12 * max(1.0, eps)]
+        return [o for o in found if o.key["model"] == self.model and o.key.get("norm") == norm]
+
+
+def pending(outcomes: Outcomes, among: Tensor | None, batch_size: int) -> list[Tensor]:
+    """The images (of `among`, a mask; default all) whose outcome is not stored yet, in batches: what a resumed
+    evaluation still has to do."""
+    codes = torch.tensor(outcomes.codes, dtype=torch.long)
+    mask = codes == NOT_ATTACKED
+    if among is not None:
+        mask &= among.cpu()
+    todo = mask.nonzero().squeeze(1)
+    return [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
 
 
 def worst_case(store: OutcomeStore, clean_ok: Tensor, norm: str, eps: float) -> dict | None:

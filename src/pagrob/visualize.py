@@ -156,6 +156,14 @@ def plot_gradients(runs: list[Run], data: Dataset, out: Path, n_images: int = 6)
     return out
 
 
+def accuracy_line(ax, eps: list[float], accuracy: list[float], suspect: list[bool], colour) -> None:
+    """One run's accuracy against eps (eps[0] the clean point): a line, and a marker at every attacked radius,
+    hollow where a guard failed there."""
+    ax.plot(eps, accuracy, "-", color=colour)
+    ax.scatter(eps[1:], accuracy[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
+               edgecolors=[colour] * len(suspect))
+
+
 def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
     """The headline: worst-case robust accuracy (over every attack run, per image) against eps from results.json,
     one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers (and
@@ -174,11 +182,7 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
                 continue
             eps = [0.0] + [p["eps"] for p in points]
             acc = [100 * points[0].get("clean_accuracy", r["clean_accuracy"])] + [100 * p["accuracy"] for p in points]
-            colour = colours(k % 10)
-            ax.plot(eps, acc, "-", color=colour)
-            suspect = [p.get("verdict", "ok") != "ok" for p in points]
-            ax.scatter(eps[1:], acc[1:], s=22, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
-                       edgecolors=[colour] * len(points))
+            accuracy_line(ax, eps, acc, [p.get("verdict", "ok") != "ok" for p in points], colours(k % 10))
         ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'})")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-3, 103)
@@ -205,7 +209,7 @@ def method_family(cfg: Config) -> str:
     return "at+pag" if adversarial and aligned else "at" if adversarial else "pag" if aligned else "vanilla"
 
 
-def _save_with_legend(fig, handles: list, title: str, out: Path) -> Path:
+def save_with_legend(fig, handles: list, title: str, out: Path) -> Path:
     """The legend in a right margin, the title above, saved to `out` and closed."""
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
@@ -236,7 +240,7 @@ def plot_robustness_vs_compute(runs: list[Run], out: Path) -> Path:
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", linestyle="", label=f) for f, c in FAMILY_COLOURS.items()
                if any(method_family(r.config) == f for r in runs)]
-    return _save_with_legend(fig, handles, f"{runs[0].config.data.name}: robustness against training compute", out)
+    return save_with_legend(fig, handles, f"{runs[0].config.data.name}: robustness against training compute", out)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -305,7 +309,7 @@ def plot_robustness_per_minute(runs: list[Run], out: Path) -> Path:
     handles = [Line2D([], [], color=colour[m], marker="o", label=m) for m in objectives]
     handles += [Line2D([], [], color="black", marker="s", markerfacecolor="none", ls="", label="from scratch"),
                 Line2D([], [], color="black", marker="o", ls="", label="fine-tuned")]
-    return _save_with_legend(fig, handles, f"{runs[0].config.data.name}: {PER_MINUTE}", out)
+    return save_with_legend(fig, handles, f"{runs[0].config.data.name}: {PER_MINUTE}", out)
 
 
 def plot_toy_boundaries(run_dirs: list[Path], out: Path, extent: float = 70.0) -> Path:

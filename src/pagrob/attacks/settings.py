@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from pagrob.attacks.checks import NORMS
 from pagrob.attacks.library import COMPONENTS, VERSIONS, budget_label, get_version
 from pagrob.attacks.pgd import LOSSES
 
@@ -24,7 +25,6 @@ ATTACKS: dict[str, str] = {
     "apgd-dlr": "APGD with the DLR loss, alone",
 }
 assert set(COMPONENTS) <= set(ATTACKS), "every library component is an attack name"
-NORMS = ("l1", "l2", "linf")  # L1: our APGD-L1 (pagrob.attacks.own), the others torchattacks'
 
 
 @dataclass(frozen=True)

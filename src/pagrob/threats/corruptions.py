@@ -43,6 +43,7 @@ from scipy import sparse
 from torch import Tensor
 
 SEVERITIES = (1, 2, 3, 4, 5)
+VERSION = 1  # of these implementations: stored outcomes of another version are not reused
 MIN_SIZE = 8
 _MASK64 = (1 << 64) - 1
 
@@ -51,34 +52,26 @@ Rngs = list[np.random.Generator]
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def _fold_np(i: np.ndarray, n: int, mode: str) -> np.ndarray:
+def _fold_t(i: Tensor, n: int, mode: str) -> Tensor:
     """Map integer positions (any range) into 0..n-1 by a boundary rule:
     nearest (a a | a b c | c c), reflect101 (c b | a b c | b a, about the edge pixels' centres: OpenCV's
     default) or symmetric (b a | a b c | c b, about the image edges: scipy's 'reflect')."""
     if mode == "nearest":
-        return np.clip(i, 0, n - 1)
-    if mode == "reflect101":
-        if n == 1:
-            return np.zeros_like(i)
-        j = np.mod(i, 2 * n - 2)
-        return np.where(j < n, j, 2 * n - 2 - j)
-    if mode == "symmetric":
-        j = np.mod(i, 2 * n)
-        return np.where(j < n, j, 2 * n - 1 - j)
-    raise AssertionError(mode)
-
-
-def _fold_t(i: Tensor, n: int, mode: str) -> Tensor:
-    """`_fold_np` for an integer tensor."""
-    if mode == "nearest":
         return i.clamp(0, n - 1)
     if mode == "reflect101":
+        if n == 1:
+            return torch.zeros_like(i)
         j = torch.remainder(i, 2 * n - 2)
         return torch.where(j < n, j, 2 * n - 2 - j)
     if mode == "symmetric":
         j = torch.remainder(i, 2 * n)
         return torch.where(j < n, j, 2 * n - 1 - j)
     raise AssertionError(mode)
+
+
+def _fold_np(i: np.ndarray, n: int, mode: str) -> np.ndarray:
+    """`_fold_t` for a numpy array."""
+    return _fold_t(torch.from_numpy(i), n, mode).numpy()
 
 
 def _taps_matrix(idx: np.ndarray, w: np.ndarray, n_in: int) -> sparse.csr_matrix:

@@ -17,7 +17,6 @@ closed upward (fooled at ε, fooled at every larger radius). Per-image outcomes 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,14 +25,15 @@ import torch
 from torch import Tensor
 
 from pagrob import console, guards
-from pagrob.attacks.fmn import FMN
+from pagrob.accuracy import predict
+from pagrob.attacks import fmn
 from pagrob.attacks.settings import AttackSettings
 from pagrob.evaluate import Victim, robust_accuracy
-from pagrob.outcomes import FOOLED, INVALID, NOT_ATTACKED, SURVIVED, OutcomeStore, radius_label
+from pagrob.outcomes import FOOLED, INVALID, SURVIVED, OutcomeStore, pending, radius_label
 
 # Each norm's grid as multiples of its headline radius (CIFAR-10: L∞ 1..16/255, L2 0.125..2, L1 3..24).
 MULTIPLES = {"linf": (1 / 8, 1 / 4, 1 / 2, 1, 2), "l2": (1 / 4, 1 / 2, 1, 2, 4), "l1": (1 / 4, 1 / 2, 1, 2)}
-FMN_STEPS = 100
+FMN_STEPS = 50  # a shortcut, not the verdict: APGD decides every image FMN leaves undecided
 
 
 def default_radii(norm: str, headline: float) -> list[float]:
@@ -70,17 +70,17 @@ def min_norms(v: Victim, norm: str, clean_ok: Tensor, store: OutcomeStore, batch
     """(each image's smallest adversarial norm FMN found, float64, inf where none and 0 where the clean image is
     already wrong; how many of its examples failed the range check and were thrown away). Resumes per batch."""
     n = len(v.x)
-    key = {"component": f"fmn-{norm}", "norm_of": norm, "steps": steps}  # FMN draws nothing at random
+    key = {"component": f"fmn-{norm}", "attack_norm": norm, "steps": steps, "step_size": fmn.STEP_SIZE,
+           "final_step": fmn.FINAL_STEP, "gamma": list(fmn.GAMMA)}  # FMN draws nothing at random
     outcomes = store.open_named(f"fmn-{norm}-{steps}-n{n}", key, n, values=True)
-    codes = torch.tensor(outcomes.codes)
-    todo = (clean_ok.cpu() & (codes == NOT_ATTACKED)).nonzero().squeeze(1)
+    batches = pending(outcomes, clean_ok, batch_size)
+    todo = sum(len(b) for b in batches)
     start = time.perf_counter()
-    bar = console.bar(total=int(clean_ok.sum()), initial=int(clean_ok.sum()) - len(todo), desc=f"fmn {norm}",
+    bar = console.bar(total=int(clean_ok.sum()), initial=int(clean_ok.sum()) - todo, desc=f"fmn {norm}",
                       unit="img", leave=False, enabled=progress)
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i:i + batch_size]
+    for done, batch in enumerate(batches, 1):
         b = batch.to(v.x.device)
-        x_adv, dist = FMN(v.model, norm, steps=steps, bounds=v.bounds)(v.x[b], v.y[b])
+        x_adv, dist = fmn.FMN(v.model, norm, steps=steps, bounds=v.bounds)(v.x[b], v.y[b])
         invalid = torch.zeros(len(b), dtype=torch.bool)
         if v.bounds is not None:  # an example outside the valid range is no evidence: thrown away, counted
             invalid = ((x_adv < v.bounds[0] - 1e-6) | (x_adv > v.bounds[1] + 1e-6)).flatten(1).any(1).cpu()
@@ -88,6 +88,8 @@ def min_norms(v: Victim, norm: str, clean_ok: Tensor, store: OutcomeStore, batch
         new = torch.where(invalid, INVALID, torch.where(torch.isfinite(dist), FOOLED, SURVIVED))
         outcomes.update(batch, new, "an FMN example left the valid range" if invalid.any() else None, dist)
         bar.update(len(batch))
+        console.line(f"fmn {norm}: batch {done} of {len(batches)} ({time.perf_counter() - start:.0f} s)",
+                     progress and not console.interactive())
     bar.close()
     values = torch.tensor([math.inf if d is None else d for d in outcomes.values], dtype=torch.float64)
     codes = torch.tensor(outcomes.codes)
@@ -100,11 +102,13 @@ def min_norms(v: Victim, norm: str, clean_ok: Tensor, store: OutcomeStore, batch
 
 
 def stored_fooled(store: OutcomeStore, norm: str, eps: float, n: int) -> Tensor:
-    """Images any stored attack (this curve's or an earlier evaluation's) fooled at exactly this radius."""
+    """Images any stored attack (this curve's, its guards', an earlier evaluation's) fooled within radius `eps`:
+    at it or at any smaller radius, whose ball lies inside this one."""
     fooled = torch.zeros(n, dtype=torch.bool)
-    for o in store.all_at(norm, eps):
-        codes = torch.tensor(o.codes[:n])
-        fooled[:len(codes)] |= codes == FOOLED
+    for o in store.all_of(norm):
+        if o.key["eps"] <= eps * (1 + 1e-12):
+            codes = torch.tensor(o.codes[:n])
+            fooled[:len(codes)] |= codes == FOOLED
     return fooled
 
 
@@ -114,9 +118,7 @@ def lp_curve(v: Victim, s: AttackSettings, radii: list[float], store: OutcomeSto
     components at `s.version`, followed by `then`) radius by radius from the largest, on the undecided images."""
     radii = sorted(radii)
     n = len(v.x)
-    with torch.no_grad():
-        clean_ok = torch.cat([v.model(v.x[i:i + s.batch_size]).argmax(1) == v.y[i:i + s.batch_size]
-                              for i in range(0, n, s.batch_size)]).cpu()
+    clean_ok = (predict(v.model, v.x, s.batch_size) == v.y).cpu()
     dist, fmn_invalid = min_norms(v, s.norm, clean_ok, min_norm_store, s.batch_size, fmn_steps, progress)
     sweep = guards.eps_sweep(v.model, v.x, v.y, s.norm, radii[-1], v.bounds)
     stood = torch.zeros(n, dtype=torch.bool)  # no attack fooled it at a larger radius: robust at this one
@@ -128,17 +130,23 @@ def lp_curve(v: Victim, s: AttackSettings, radii: list[float], store: OutcomeSto
         fooled_here = torch.zeros(n, dtype=torch.bool)
         for idx in entry["broken_by"].values():
             fooled_here[idx] = True
-        stood |= undecided & ~fooled_here
-        direct[eps] = fooled_here | stored_fooled(store, s.norm, eps, n)
+        direct[eps] = fooled_here | stored_fooled(store, s.norm, eps, n)  # the black-box guard's finds too
+        stood |= undecided & ~direct[eps]
         if fmn_invalid:
-            entry["guards"]["in_ball"] = guards.in_ball(entry["guards"]["in_ball"]["violations"] + fmn_invalid, n,
-                                                        "FMN examples outside the valid range")
+            ball = entry["guards"]["in_ball"]
+            entry["guards"]["in_ball"] = guards.in_ball(ball["violations"] + fmn_invalid, n,
+                                                        f"{ball.get('reason', '')} {fmn_invalid} FMN examples "
+                                                        "outside the valid range".strip())
             entry["verdict"], entry["suspect_reasons"] = guards.verdict(entry["guards"])
         points[eps] = {"eps": eps, "attacked": int(undecided.sum()), "fooled_by_attacks": int(fooled_here.sum()),
                        "fooled_by_min_norm": int((clean_ok & (dist <= eps)).sum()), "guards": entry["guards"],
                        "verdict": entry["verdict"], "suspect_reasons": entry["suspect_reasons"],
                        "attacks": list(entry["broken_by"]), "skipped": entry["skipped"],
                        "seconds": entry["seconds"]}
+    inherited = "ok"
+    for eps in reversed(radii):  # a radius takes the standing images of the larger ones: and their verdicts
+        inherited = guards.worst_verdict([inherited, points[eps]["verdict"]])
+        points[eps]["verdict"] = inherited
     robust = torch.zeros(len(radii), n, dtype=torch.bool)
     fooled = ~clean_ok
     for j, eps in enumerate(radii):  # closed upward: fooled within a smaller ball is fooled within this one
@@ -156,17 +164,14 @@ def lp_curve(v: Victim, s: AttackSettings, radii: list[float], store: OutcomeSto
 
 def every_radius(v: Victim, s: AttackSettings, radii: list[float], store: OutcomeStore, min_norm_store: OutcomeStore,
                  then: tuple[str, ...] = ("pgd",), fmn_steps: int = FMN_STEPS, progress: bool = True) -> Tensor:
-    """The reference the shortcut must match: the same attacks (FMN, then `s`'s and `then`) at every radius on every
-    clean-correct image, closed upward the same way. (radii, n) bool. For tests and audits: a curve costs a
-    fraction of it."""
+    """The reference the shortcut must match: the same attacks and guards (FMN, then `s`'s, `then` and the
+    black-box guard) at every radius on every clean-correct image, closed upward the same way. (radii, n) bool.
+    For tests and audits: a curve costs a fraction of it."""
     radii = sorted(radii)
-    with torch.no_grad():
-        fooled = (v.model(v.x).argmax(1) != v.y).cpu()
-    dist, _ = min_norms(v, s.norm, ~fooled, min_norm_store, s.batch_size, fmn_steps, progress)
+    clean_ok = (predict(v.model, v.x, s.batch_size) == v.y).cpu()
+    dist, _ = min_norms(v, s.norm, clean_ok, min_norm_store, s.batch_size, fmn_steps, progress)
     robust = torch.zeros(len(radii), len(v.x), dtype=torch.bool)
     for j, eps in enumerate(radii):
-        entry = robust_accuracy(v, dataclasses.replace(s, eps=eps), store, progress, then=then)
-        for idx in entry["broken_by"].values():
-            fooled[idx] = True
-        robust[j] = ~(fooled | (dist <= eps))
+        robust_accuracy(v, s.with_(eps=eps), store, progress, then=then)
+        robust[j] = clean_ok & ~stored_fooled(store, s.norm, eps, len(v.x)) & ~(dist <= eps)
     return robust

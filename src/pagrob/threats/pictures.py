@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from pagrob.outcomes import NORM_LABELS, radius_label  # noqa: E402
 from pagrob.threats.corruptions import FAMILIES, SEVERITIES  # noqa: E402
 from pagrob.threats.profile import read_profile  # noqa: E402
+from pagrob.visualize import accuracy_line, save_with_legend  # noqa: E402
 
 CURVES = "robustness profile: accuracy against ε under every norm"
 
@@ -42,11 +43,7 @@ def plot_curves(profiles: list[dict], out: Path) -> Path:
             scale = 255 if norm == "linf" else 1
             eps = [0.0] + [e * scale for e in t["eps"]]
             acc = [100 * p["clean"]] + [100 * a for a in t["robust"]]
-            colour = colours(k % 10)
-            ax.plot(eps, acc, "-", color=colour)
-            suspect = [q["verdict"] != "ok" for q in t["points"]]
-            ax.scatter(eps[1:], acc[1:], s=20, zorder=3, color=[(1, 1, 1, 1) if s else colour for s in suspect],
-                       edgecolors=[colour] * len(suspect))
+            accuracy_line(ax, eps, acc, [q["verdict"] != "ok" for q in t["points"]], colours(k % 10))
             ax.axvline(t["headline"] * scale, color="0.6", linestyle=":", linewidth=1)
         ax.set_xlabel(f"ε ({NORM_LABELS[norm]}{', in /255' if norm == 'linf' else ''})")
         ax.set_ylabel("robust accuracy (%)")
@@ -57,12 +54,8 @@ def plot_curves(profiles: list[dict], out: Path) -> Path:
     handles.append(Line2D([], [], color="0.6", linestyle=":", label="headline radius"))
     if any(q["verdict"] != "ok" for p in profiles for n in norms if n in p["threats"] for q in p["threats"][n]["points"]):
         handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{profiles[0]['dataset']}: {CURVES} (n = {profiles[0]['n']}; ε = 0: clean)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_with_legend(fig, handles, f"{profiles[0]['dataset']}: {CURVES} (n = {profiles[0]['n']}; ε = 0: "
+                                          "clean)", out)
 
 
 def plot_beyond_lp(profiles: list[dict], out: Path) -> Path:
@@ -97,12 +90,8 @@ def plot_beyond_lp(profiles: list[dict], out: Path) -> Path:
     right.set_title("per corruption family (all severities), spatial worst case, union of every threat",
                     fontsize=10)
     handles = [Line2D([], [], color=colours(k % 10), label=p["name"]) for k, p in enumerate(profiles)]
-    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"{profiles[0]['dataset']}: robustness beyond L_p balls (n = {profiles[0]['n']})", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 1.8 / fig.get_figwidth(), 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_with_legend(fig, handles, f"{profiles[0]['dataset']}: robustness beyond L_p balls "
+                                          f"(n = {profiles[0]['n']})", out)
 
 
 def profile_figures(run_dirs: list[Path], out_dir: Path) -> list[tuple[str, Path]]:

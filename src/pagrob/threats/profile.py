@@ -59,6 +59,8 @@ def parse_radii(items: list[str]) -> dict[str, list[float]]:
         norm, sep, values = item.partition("=")
         if not sep or norm not in norms:
             raise ConfigError(f"--radii {item!r}: write NORM=E1,E2,... with NORM one of {', '.join(norms)}")
+        if norm in radii:
+            raise ConfigError(f"--radii gives {norm} twice: list all its radii in one {norm}=E1,E2,...")
         try:
             radii[norm] = sorted(float(v) for v in values.split(",") if v.strip())
         except ValueError:
@@ -68,10 +70,44 @@ def parse_radii(items: list[str]) -> dict[str, list[float]]:
     return radii
 
 
+def check_request(threats: list[str] | None, radii: dict[str, list[float]], reference: Path | None) -> list[str]:
+    """The threats asked for (all by default), in registry order; a bad name, radii or a reference for a threat
+    not asked for is one sentence, before anything is loaded."""
+    threats = list(THREATS) if not threats else threats
+    unknown = [t for t in threats if t not in THREATS]
+    if unknown:
+        raise ConfigError(f"unknown threat {', '.join(map(repr, unknown))}: use {threat_names()}")
+    off = [norm for norm in radii if norm not in threats]
+    if off:
+        raise ConfigError(f"--radii {', '.join(off)}: that threat is not among --threats {' '.join(threats)}")
+    if reference is not None and "corruptions" not in threats:
+        raise ConfigError("--reference sets the corruption error's denominator: it needs the corruptions threat")
+    return [t for t in THREATS if t in threats]
+
+
+def applicable(threats: list[str], data) -> tuple[list[str], dict[str, str]]:
+    """(the threats this data admits, the others with the reason): corruptions and transforms need images in
+    [0, 1] with 1 or 3 channels, at least 8 pixels a side."""
+    shape = tuple(data.x_test.shape[1:])
+    image = (len(shape) == 3 and shape[0] in (1, 3) and min(shape[1:]) >= 8 and data.bounds == (0.0, 1.0))
+    skipped = {t: f"inputs of shape {shape} are not images in [0, 1] of 1 or 3 channels and >= 8 px"
+               for t in threats if THREATS[t].images_only and not image}
+    return [t for t in threats if t not in skipped], skipped
+
+
 def headlines(input_shape: tuple[int, ...], bounded: bool, eval_eps: dict[str, list[float]]) -> dict[str, float]:
     """Per norm, the radius the summary and the union use: RobustBench's L2 0.5 and L∞ 8/255 for images in
-    [0, 1] (the run's first evaluation radius for unbounded inputs), and L1 beside L2 (`l1_beside_l2`)."""
-    out = dict(ROBUSTBENCH_EPS) if bounded else {norm: eps[0] for norm, eps in eval_eps.items()}
+    [0, 1] (the run's first positive evaluation radius for unbounded inputs), and L1 beside L2 (`l1_beside_l2`)."""
+    if bounded:
+        out = dict(ROBUSTBENCH_EPS)
+    else:
+        out = {}
+        for norm, eps in eval_eps.items():
+            positive = [e for e in eps if e > 0]
+            if not positive:
+                raise ConfigError(f"the run's eval.eps_{norm} has no positive radius to centre the {norm} curve on "
+                                  f"(unbounded inputs have no standard one): set one in its config.yaml")
+            out[norm] = positive[0]
     out["l1"] = l1_beside_l2(out["l2"], math.prod(input_shape))
     return out
 
@@ -83,38 +119,27 @@ def check_radii(radii: dict[str, list[float]], x: torch.Tensor, bounds: tuple[fl
     for norm, eps in radii.items():
         cover = covering_eps(x, norm, bounds)
         if max(eps) > cover:
-            raise ConfigError(f"--radii {norm}: {max(eps):g} is larger than {cover:g}, the radius whose ball already "
-                              "holds every valid input; use smaller radii")
+            raise ConfigError(f"{norm} radius {max(eps):g} is larger than {cover:g}, the radius whose ball already "
+                              "holds every valid input; use smaller radii (--radii)")
 
 
-def _reference(path: Path | None, n: int) -> dict | None:
-    """A reference run's corruption accuracies (for mCE), on the same n images."""
+def _reference(path: Path | None, n: int, dataset: str) -> dict | None:
+    """A reference run's corruption accuracies (for mCE), on the same n images of the same data."""
     if path is None:
         return None
-    file = Path(path) / PROFILE
-    if not file.is_file():
+    ref = read_profile(path)
+    if ref is None:
         raise ConfigError(f"--reference {path}: it has no {PROFILE}; profile it first (pagrob evaluate {path} "
                           f"--profile --n {n})")
-    ref = json.loads(file.read_text())
-    if ref.get("n") != n or "corruptions" not in ref.get("threats", {}):
-        raise ConfigError(f"--reference {path}: its profile has no corruptions on {n} images (it has n={ref.get('n')}"
-                          f"); profile it with --n {n}")
-    return {"run": str(Path(path).resolve()), "per": ref["threats"]["corruptions"]["per"]}
-
-
-def plan_profile(threats: list[str] | None, radii: dict[str, list[float]] | None, is_image: bool
-                 ) -> tuple[list[str], dict[str, str]]:
-    """(the threats to run, in registry order; the ones left out, with the reason) for inputs that are images or
-    not; a bad threat name, or radii for a threat not asked for, is one sentence."""
-    threats = list(THREATS) if not threats else threats
-    unknown = [t for t in threats if t not in THREATS]
-    if unknown:
-        raise ConfigError(f"unknown threat {', '.join(map(repr, unknown))}: use {threat_names()}")
-    off_grid = [norm for norm in (radii or {}) if norm not in threats]
-    if off_grid:
-        raise ConfigError(f"--radii {', '.join(off_grid)}: that threat is not among --threats {' '.join(threats)}")
-    skipped = {t: "the inputs are not images" for t in threats if THREATS[t].images_only and not is_image}
-    return [t for t in THREATS if t in threats and t not in skipped], skipped
+    if ref.get("n") != n or ref.get("dataset") != dataset or "corruptions" not in ref.get("threats", {}):
+        raise ConfigError(f"--reference {path}: its profile has no corruptions on the first {n} {dataset} images "
+                          f"(it has n={ref.get('n')} of {ref.get('dataset')}); profile it with --n {n}")
+    per = ref["threats"]["corruptions"]["per"]
+    flawless = [name for name, accs in per.items() if all(a == 1 for a in accs)]
+    if flawless:
+        raise ConfigError(f"--reference {path} makes no error under {', '.join(flawless)}: the corruption error "
+                          "divides by the reference's errors; choose a weaker reference")
+    return {"run": str(Path(path).resolve()), "per": per}
 
 
 def profile_run(run, n: int | None = None, threats: list[str] | None = None,
@@ -123,31 +148,32 @@ def profile_run(run, n: int | None = None, threats: list[str] | None = None,
                 progress: bool = True) -> dict:
     """Profile a run (`pagrob.runs.Run`) on its first n test images; write and return RUN/profile.json."""
     get_version(version)
+    radii = radii or {}
+    asked = check_request(threats, radii, reference)
     data = run.dataset()
     n = n if n is not None else (run.config.eval.n or DEFAULT_N)
     n = min(n, len(data.x_test)) if n > 0 else len(data.x_test)
-    selected, skipped = plan_profile(threats, radii, data.is_image)
+    selected, skipped = applicable(asked, data)
     ev = run.config.eval
     heads = headlines(tuple(data.x_test.shape[1:]), data.bounds is not None, {"l2": ev.eps_l2, "linf": ev.eps_linf})
-    grids = {norm: sorted(set((radii or {}).get(norm, default_radii(norm, heads[norm])) + [heads[norm]]))
+    grids = {norm: sorted(set(radii.get(norm, default_radii(norm, heads[norm])) + [heads[norm]]))
              for norm in heads if norm in selected}
     check_radii(grids, data.x_test[:1], data.bounds)
-    ref = _reference(reference, n) if "corruptions" in selected else None
+    ref = _reference(reference, n, data.name) if "corruptions" in selected else None
     device = device or resolve_device(run.config.device)
     model = run.model.to(device).eval()
     x, y = data.x_test[:n].to(device), data.y_test[:n].to(device)
     victim = Victim(model, x, y, data.bounds, data.num_classes, run.config.adv.method)
     settings = eval_settings(ev, attack="autoattack", version=version)
     clean_ok = predict(model, x) == y
-    digest = model_hash(model)
+    digest = model_hash(model)  # profile.json names the weights it describes
     ctx = ProfileContext(victim, settings, grids, heads, OutcomeStore(run.path / FOLDER, digest),
-                         OutcomeStore(run.path / PROFILE_OUTCOMES, digest), clean_ok, run.config.adv.norm,
-                         reference=ref, progress=progress)
+                         OutcomeStore(run.path / PROFILE_OUTCOMES, digest), clean_ok, reference=ref, progress=progress)
     console.line(f"profile of {run.config.name}: {', '.join(selected)} on the first {n} {data.test_split} images "
                  f"(clean {100 * clean_ok.float().mean().item():.1f}%)", progress)
     profile = {"n": n, "clean": clean_ok.float().mean().item(), "threats": {}, "union": None, "union_of": {},
                "not_run": skipped, "details": {}, "seconds": {}, "test_split": data.test_split,
-               "dataset": data.name, "name": run.config.name, "method": run.method,
+               "dataset": data.name, "name": run.config.name, "method": run.method, "model": digest,
                "attacks": {"version": version, "then": list(ctx.then), "pgd": settings.budget("pgd")},
                "provenance": provenance(settings, device)}
     union = clean_ok.cpu().clone()

@@ -8,7 +8,6 @@ grid): the union of threats is then per image, never the minimum of the marginal
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ import torch
 from torch import Tensor
 
 from pagrob import console, guards
-from pagrob.attacks.adversaries import NONE
 from pagrob.attacks.own import OWN_NORMS
 from pagrob.attacks.settings import AttackSettings
-from pagrob.evaluate import Victim
-from pagrob.outcomes import NOT_ATTACKED, SURVIVED, FOOLED, OutcomeStore, radius_label
+from pagrob.evaluate import Victim, batch_seed
+from pagrob.outcomes import FOOLED, SURVIVED, OutcomeStore, pending, radius_label
+from pagrob.threats import corruptions
 from pagrob.threats.corruptions import CORRUPTION_NAMES, FAMILIES, SEVERITIES, corrupt
 from pagrob.threats.lp import lp_curve
 from pagrob.threats.spatial import default_grid, spatial_robust
@@ -40,7 +39,6 @@ class ProfileContext:
     attack_store: OutcomeStore  # the run's attack_outcomes: L_p outcomes shared with `pagrob evaluate`
     profile_store: OutcomeStore  # min-norm, corruption and spatial outcomes
     clean_ok: Tensor
-    adversary_norm: str = "l2"  # the norm the run was adversarially trained at (if it was)
     then: tuple[str, ...] = ("pgd",)
     reference: dict | None = None  # a reference run's profile (for mCE)
     progress: bool = True
@@ -65,8 +63,7 @@ class Threat:
 
 def _norm_threat(norm: str) -> Callable[[ProfileContext], ThreatResult]:
     def run(ctx: ProfileContext) -> ThreatResult:
-        # the collapse guard asks whether the run's own one-step attack still fools: only at the norm it trained at
-        v = ctx.victim if norm == ctx.adversary_norm else dataclasses.replace(ctx.victim, adversary=NONE)
+        v = ctx.victim
         then = () if norm in OWN_NORMS else ctx.then  # PGD's dense steps are no L1 attack (Croce & Hein 2021)
         curve = lp_curve(v, ctx.settings.with_(norm=norm, eps=ctx.headline[norm]), ctx.radii[norm],
                          ctx.attack_store, ctx.profile_store, then, progress=ctx.progress)
@@ -77,11 +74,6 @@ def _norm_threat(norm: str) -> Callable[[ProfileContext], ThreatResult]:
     return run
 
 
-def corruption_seeds(seed: int, name: str, severity: int, idx: Tensor) -> Tensor:
-    """Each image's seed for one corruption and severity: fixed by its index, so any batch draws the same."""
-    return (seed * 1_000_003 + idx.long()) * 97 + CORRUPTION_NAMES.index(name) * 5 + severity
-
-
 def _corruptions(ctx: ProfileContext) -> ThreatResult:
     v, n, s = ctx.victim, len(ctx.victim.x), ctx.settings
     start = time.perf_counter()
@@ -89,13 +81,13 @@ def _corruptions(ctx: ProfileContext) -> ThreatResult:
     for name in CORRUPTION_NAMES:
         accs = []
         for severity in SEVERITIES:
-            key = {"component": f"corruption:{name}", "severity": severity, "seed": s.seed}
+            key = {"component": f"corruption:{name}", "severity": severity, "seed": s.seed,
+                   "version": corruptions.VERSION}
             outcomes = ctx.profile_store.open_named(f"corruption-{name}-s{severity}-n{n}", key, n)
-            todo = (torch.tensor(outcomes.codes) == NOT_ATTACKED).nonzero().squeeze(1)
-            for i in range(0, len(todo), s.batch_size):
-                batch = todo[i:i + s.batch_size]
+            for batch in pending(outcomes, None, s.batch_size):
                 b = batch.to(v.x.device)
-                xc = corrupt(name, v.x[b], severity, corruption_seeds(s.seed, name, severity, batch))
+                # an image's seed is fixed by its index: the same draws in any batch, at every severity
+                xc = corrupt(name, v.x[b], severity, torch.tensor([batch_seed(s.seed, i) for i in batch.tolist()]))
                 with torch.no_grad():
                     ok = (v.model(xc).argmax(1) == v.y[b]).cpu()
                 outcomes.update(batch, torch.where(ok, SURVIVED, FOOLED), None)
@@ -111,7 +103,7 @@ def _corruptions(ctx: ProfileContext) -> ThreatResult:
     if ctx.reference is not None:
         summary["mce"] = mean_corruption_error(per, ctx.reference["per"])
         summary["reference"] = ctx.reference["run"]
-    headline = ctx.clean_ok.clone()
+    headline = ctx.clean_ok.cpu().clone()
     for name in CORRUPTION_NAMES:
         headline &= correct[name, UNION_SEVERITY]
     return ThreatResult(summary, headline, f"every corruption at severity {UNION_SEVERITY}")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pagrob import console
-from pagrob.outcomes import FOOLED, NOT_ATTACKED, SURVIVED, OutcomeStore
+from pagrob.outcomes import FOOLED, SURVIVED, OutcomeStore, pending
 
 MAX_DEGREES = 30
 DEGREE_STEP = 5
@@ -39,9 +39,8 @@ class Grid:
         return [(0.0, 0, 0)] + rest
 
     def describe(self) -> str:
-        return (f"rotations {min(self.degrees):g}..{max(self.degrees):g}° in {DEGREE_STEP}° steps × translations "
-                f"{min(self.shifts)}..{max(self.shifts)} px per axis ({len(self.transforms())} transforms), bilinear, "
-                "black padding")
+        return (f"rotations {', '.join(f'{a:g}' for a in self.degrees)}° × translations {min(self.shifts)}.."
+                f"{max(self.shifts)} px per axis ({len(self.transforms())} transforms), bilinear, black padding")
 
 
 def default_grid(height: int) -> Grid:
@@ -71,13 +70,12 @@ def spatial_robust(model: nn.Module, x: Tensor, y: Tensor, grid: Grid, store: Ou
     n = len(x)
     key = {"component": "spatial", "grid": grid.describe()}
     outcomes = store.open_named(f"spatial-{len(grid.transforms())}-n{n}", key, n)
-    codes = torch.tensor(outcomes.codes)
-    todo = (codes == NOT_ATTACKED).nonzero().squeeze(1)
+    batches = pending(outcomes, None, batch_size)
     transforms = grid.transforms()
     start = time.perf_counter()
-    bar = console.bar(total=n, initial=n - len(todo), desc="spatial grid", unit="img", leave=False, enabled=progress)
-    for i in range(0, len(todo), batch_size):
-        batch = todo[i:i + batch_size]
+    bar = console.bar(total=n, initial=n - sum(len(b) for b in batches), desc="spatial grid", unit="img",
+                      leave=False, enabled=progress)
+    for batch in batches:
         b = batch.to(x.device)
         xb, yb = x[b], y[b]
         standing = torch.ones(len(b), dtype=torch.bool, device=x.device)
