@@ -32,7 +32,10 @@ from pagrob.guards import run_verdict  # noqa: E402
 from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
 from pagrob.pipeline import train_and_evaluate  # noqa: E402
 from pagrob.runs import load_run, read_results  # noqa: E402
+from pagrob.report import markdown_table  # noqa: E402
 from pagrob.targets import build_source, reference_source_name  # noqa: E402
+from pagrob.threats.pictures import profile_figures, profile_table  # noqa: E402
+from pagrob.threats.profile import read_profile  # noqa: E402
 from pagrob.train import finished  # noqa: E402
 
 
@@ -306,6 +309,16 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _profile_lines(run_dirs: list[Path], out: Path) -> list[str]:
+    """The runs' robustness profiles (`pagrob evaluate RUN --profile`), where any has one: table and figures."""
+    profiles = [p for p in map(read_profile, run_dirs) if p is not None]
+    if not profiles:
+        return []
+    lines = ["## Robustness profile (runs profiled with pagrob evaluate RUN --profile)", "",
+             markdown_table(profile_table(profiles)), ""]
+    return lines + [f"![{caption}]({path.name})\n" for caption, path in profile_figures(run_dirs, out)]
+
+
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], extras: list[list[str]], out: Path,
               progress: bool = True, align_source: str | None = None) -> Path:
     """Train every run of the grid (and the extras) into `out/<run>/`, then write `out/sweep.md` and figures."""
@@ -339,6 +352,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], e
         *_correlation_lines(rows),
         f"![robust accuracy vs alignment]({first.name})", "",
         f"![robust accuracy vs training compute]({second.name})", "",
+        *_profile_lines([out / run.name for run in runs], out),
     ]
     path = out / "sweep.md"
     path.write_text("\n".join(body))
