@@ -47,6 +47,21 @@ def test_runs_of_a_study_differ_only_in_their_objective(preset, tmp_path):
     assert study.runs[5].score_model == tmp_path / "score-model" and study.score_model.sigmas
 
 
+def test_the_profile_preset_trains_the_cpu_runs_alike_and_profiles_each(tmp_path):
+    """cpu_profile: the cpu preset's runs but SBG, with the same configs (the same weights), each profiled."""
+    profiled = load_study("cpu_profile", tmp_path, data="/d.npz")
+    cpu = {r.name: r for r in load_study("cpu", tmp_path, data="/d.npz").runs}
+    assert [r.name for r in profiled.runs] == [n for n in cpu if n != "pag-sbg"]
+    for run in profiled.runs:
+        mine, theirs = flat(to_dict(run.cfg)), flat(to_dict(cpu[run.name].cfg))
+        assert {k for k in mine if mine[k] != theirs[k]} == {"eval.n"}, run.name
+    assert profiled.profile == 1000 and load_study("cpu", tmp_path).profile == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {data: {name: cifar10}}\nruns: {vanilla: []}\nevaluation: {profile: -5}\n")
+    with pytest.raises(ConfigError, match="evaluation.profile must be a whole number"):
+        load_study(str(bad), tmp_path)
+
+
 def test_paper_preset_runs_the_papers_recipes(tmp_path):
     study = load_study("paper", tmp_path)
     by_name = {r.name: r.cfg for r in study.runs}

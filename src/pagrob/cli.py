@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="study folder: runs/, stores/, report.md, report.html")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 as an npz file (x_train, y_train, x_test, y_test, uint8 "
                                                   "NHWC) or torchvision's folder (default: the preset's data.data_dir)")
-    p.add_argument("--preset", default="cpu", help="cpu (default: sized for ~2 h on a 2-core CPU), paper (the "
+    p.add_argument("--preset", default="cpu", help="cpu (default: sized for ~2 h on a 2-core CPU), cpu_profile (its "
+                                                   "seven runs, each profiled on 1,000 test images), paper (the "
                                                    "paper's recipes, for a GPU), minutes (every objective at "
                                                    "equal minutes, from scratch and fine-tuned, ~90 min on a 2-core "
                                                    "CPU), minutes_tuning (its validation tuning), minutes_gpu (an "

@@ -43,11 +43,12 @@ from pagrob.report import write_report
 from pagrob.runs import load_run, read_results
 from pagrob.targets import STORE_PREFIX, build_source, source_spec
 from pagrob.targets.store import build_store
+from pagrob.threats.profile import DEFAULT_VERSION, profile_run, read_profile
 from pagrob.train import finished
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # presets ship with the source checkout
 DATASETS = ("cifar10",)
-PRESETS = ("cpu", "paper", "minutes", "minutes_tuning", "minutes_gpu")  # and `smoke`, the tests' pipeline in seconds
+PRESETS = ("cpu", "cpu_profile", "paper", "minutes", "minutes_tuning", "minutes_gpu")  # and `smoke`, the tests' pipeline in seconds
 STORE_SOURCES = ("smooth",)  # sources the study precomputes into a store instead of computing per batch
 PLAN = "study.json"
 SCORE_MODEL = "score-model"  # the folder, under the study's, of the score model its `score_model` section trains
@@ -75,6 +76,7 @@ class Study:
     score_model: ScoreTrainConfig | None = None  # what the study trains into DIR/score-model first, if any
     survivors: bool = False  # the attack continues on what the evaluation PGD left (same worst case, less time)
     compare_images: int = 0  # test images its score model's targets are compared on with the exact ones (0: none)
+    profile: int = 0  # test images every run's robustness profile is taken on (`evaluate --profile`; 0: none)
 
 
 def preset_file(preset: str) -> Path:
@@ -208,7 +210,16 @@ def load_study(preset: str, out: Path, data: str | None = None, overrides: list[
     return Study(preset, tree.get("description", ""), runs, ev.get("attack", "autoattack"),
                  ev.get("version", "standard"), int(ev.get("n", 500)), list(ev.get("alignment", ["cm"])),
                  int((tree.get("figures") or {}).get("images", 4)), score_model, _survivors(path, ev),
-                 _compare_images(path, tree.get("score_model")) if score_model is not None else 0)
+                 _compare_images(path, tree.get("score_model")) if score_model is not None else 0,
+                 _profile_images(path, ev))
+
+
+def _profile_images(path: Path, evaluation: dict) -> int:
+    """`evaluation: {profile: N}`: after its attacks, every run's robustness profile on its first N test images."""
+    n = evaluation.get("profile", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ConfigError(f"study preset {path}: evaluation.profile must be a whole number of images >= 0, got {n!r}")
+    return n
 
 
 def _survivors(path: Path, evaluation: dict) -> bool:
@@ -365,6 +376,14 @@ def _evaluate(study: Study, run_dir: Path, progress: bool) -> None:
         for entry in evaluate_run(run, attack=study.attack, norm=norm, eps=[eps], n=n, version=study.version,
                                   alignment=align, progress=progress, survivors=study.survivors):
             _say(f"{run.config.name}: {summary_line(entry)}")
+    if not study.profile:
+        return
+    done = read_profile(run_dir) or {}
+    if done.get("n") == min(study.profile, len(run.dataset().x_test)) and done.get("union") is not None:
+        _say(f"{run.config.name}: robustness profile done earlier, kept")
+        return
+    _say(f"{run.config.name}: robustness profile on {study.profile} test images (resumes per image)")
+    profile_run(run, n=study.profile, version=DEFAULT_VERSION, progress=progress)
 
 
 def _notes(study: Study, data: Dataset, seconds: float) -> str:
