@@ -271,6 +271,8 @@ def _profile_section(profiles: list[dict], dataset: str) -> Section:
             "rotation and translation of the grid. Union: per image, correct and withstanding every threat at its "
             "headline setting (the L_p columns' radii, every corruption at severity 3, the whole spatial grid).")
     notes = [note] + [f"{p['name']}: {name} not run ({why})" for p in profiles for name, why in p["not_run"].items()]
+    if len({tuple(p["union_of"]) for p in profiles}) > 1:  # a profile of some threats only: its union is of those
+        notes += [f"{p['name']}: union of {' & '.join(p['union_of'].values())}" for p in profiles]
     return Section(f"{dataset}: robustness profile, every threat", profile_table(profiles), notes)
 
 

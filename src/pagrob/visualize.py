@@ -24,7 +24,7 @@ from pagrob.attacks import PGD  # noqa: E402
 from pagrob.config import Config  # noqa: E402
 from pagrob.data import Dataset  # noqa: E402
 from pagrob.losses import class_input_gradients  # noqa: E402
-from pagrob.outcomes import radius_label, worst_by_radius  # noqa: E402
+from pagrob.outcomes import NORM_LABELS, radius_label, worst_by_radius  # noqa: E402
 from pagrob.runs import Run, load_run, read_results  # noqa: E402
 
 LARGE_EPS_FRACTION = 0.3  # default targeted radius: this fraction of the image range's L2 diameter
@@ -164,6 +164,22 @@ def accuracy_line(ax, eps: list[float], accuracy: list[float], suspect: list[boo
                edgecolors=[colour] * len(suspect))
 
 
+def accuracy_axes(ax, xlabel: str, title: str) -> None:
+    """A panel of accuracy (%) against a radius, 0 to 100 with a little room."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+
+
+def guard_failed_handle():
+    """The legend entry of the hollow markers `accuracy_line` draws where a guard failed."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed")
+
+
 def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
     """The headline: worst-case robust accuracy (over every attack run, per image) against eps from results.json,
     one panel per norm, one line per run; eps 0 is the clean accuracy on the attacked images. Hollow markers (and
@@ -183,14 +199,10 @@ def plot_accuracy_vs_eps(run_dirs: list[Path], out: Path) -> Path:
             eps = [0.0] + [p["eps"] for p in points]
             acc = [100 * points[0].get("clean_accuracy", r["clean_accuracy"])] + [100 * p["accuracy"] for p in points]
             accuracy_line(ax, eps, acc, [p.get("verdict", "ok") != "ok" for p in points], colours(k % 10))
-        ax.set_xlabel(f"ε ({'L2' if norm == 'l2' else 'L∞'})")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-3, 103)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{'L2' if norm == 'l2' else 'L∞'}: worst case over every attack", fontsize=10)
+        accuracy_axes(ax, f"ε ({NORM_LABELS[norm]})", f"{NORM_LABELS[norm]}: worst case over every attack")
     handles = [Line2D([], [], color=colours(k % 10), label=r["name"]) for k, r in enumerate(results)]
     if any(p.get("verdict", "ok") != "ok" for w in worst for p in w.values()):
-        handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
+        handles.append(guard_failed_handle())
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     datasets = ", ".join(sorted({r["dataset"] for r in results}))
     fig.suptitle(f"{datasets}: {HEADLINE} (ε = 0: clean accuracy on the attacked images)", fontsize=11)

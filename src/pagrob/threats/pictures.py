@@ -19,10 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from pagrob.attacks.own import OWN_NORMS  # noqa: E402
 from pagrob.outcomes import NORM_LABELS, radius_label  # noqa: E402
 from pagrob.threats.corruptions import FAMILIES, SEVERITIES  # noqa: E402
 from pagrob.threats.profile import read_profile  # noqa: E402
-from pagrob.visualize import accuracy_line, save_with_legend  # noqa: E402
+from pagrob.visualize import accuracy_axes, accuracy_line, guard_failed_handle, save_with_legend  # noqa: E402
 
 CURVES = "robustness profile: accuracy against ε under every norm"
 
@@ -45,15 +46,12 @@ def plot_curves(profiles: list[dict], out: Path) -> Path:
             acc = [100 * p["clean"]] + [100 * a for a in t["robust"]]
             accuracy_line(ax, eps, acc, [q["verdict"] != "ok" for q in t["points"]], colours(k % 10))
             ax.axvline(t["headline"] * scale, color="0.6", linestyle=":", linewidth=1)
-        ax.set_xlabel(f"ε ({NORM_LABELS[norm]}{', in /255' if norm == 'linf' else ''})")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(-3, 103)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{NORM_LABELS[norm]}: worst case over FMN, APGD, PGD", fontsize=10)
+        accuracy_axes(ax, f"ε ({NORM_LABELS[norm]}{', in /255' if norm == 'linf' else ''})",
+                      f"{NORM_LABELS[norm]}: worst case over FMN, APGD{'' if norm in OWN_NORMS else ', PGD'}")
     handles = [Line2D([], [], color=colours(k % 10), label=p["name"]) for k, p in enumerate(profiles)]
     handles.append(Line2D([], [], color="0.6", linestyle=":", label="headline radius"))
     if any(q["verdict"] != "ok" for p in profiles for n in norms if n in p["threats"] for q in p["threats"][n]["points"]):
-        handles.append(Line2D([], [], color="k", marker="o", markerfacecolor="w", linestyle="", label="guard failed"))
+        handles.append(guard_failed_handle())
     return save_with_legend(fig, handles, f"{profiles[0]['dataset']}: {CURVES} (n = {profiles[0]['n']}; ε = 0: "
                                           "clean)", out)
 
